@@ -1,0 +1,55 @@
+# Thin wrapper: the logic lives in Python (services/cli, loadtests/). `make help` lists targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := $(wildcard protos/stepaudio/serving/v1/*.proto)
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup protos demo test test-fast lint bench bench-gpu chart-lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	# CPU build of torch from the local disk first, so the project's torch>=2.11 is already met
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "grpcio-tools==1.76.0" "mypy-protobuf>=3.6"
+	$(MAKE) protos
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (CPU)
+
+build/proto/.stamp: $(PROTO_SRC)
+	rm -rf build/proto && mkdir -p build/proto
+	$(PY) -m grpc_tools.protoc -I protos --python_out=build/proto --grpc_python_out=build/proto \
+	  --mypy_out=build/proto --mypy_grpc_out=build/proto $(PROTO_SRC)
+	touch $@
+
+protos: build/proto/.stamp ## generate gRPC stubs from protos/ into build/proto
+
+demo: setup ## tiny pack (unless STEPAUDIO_MODEL_DIR is set), start the stack, one spoken exchange
+	$(VENV)/bin/stepaudio demo --out var/demo
+
+test: setup ## run the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: setup ## unit tests only
+	$(PY) -m pytest -q -m "not integration and not browser"
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup ## CPU benchmarks on the tiny pack (results go to stdout; see docs/benchmarks.md)
+	$(PY) -m loadtests.bench
+
+bench-gpu: ## GPU benchmarks (run on a GPU host with vLLM installed)
+	python3 -m loadtests.gpu.bench
+
+clean: ## remove build outputs
+	rm -rf build var *.egg-info

@@ -1,0 +1,1 @@
+"""Step-Audio serving backend: gRPC services, controller and model runtime."""

@@ -1,0 +1,1 @@
+"""Code shared by more than one service (settings, gRPC plumbing, audio, errors, metrics)."""
