@@ -1,0 +1,39 @@
+"""Suite-wide fixtures: the tiny model pack (generated once per session), leaked-task check."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every async test gets the leaked-task check."""
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.fixturenames.insert(0, "no_leaked_tasks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves asyncio tasks running behind it (livekit's check)."""
+    before = asyncio.all_tasks()
+    yield
+    await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done()]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"test leaked asyncio tasks: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The complete tiny model pack (all three model folders + speakers), written once."""
+    from services.models.tiny import write_tiny_pack
+
+    root = tmp_path_factory.mktemp("tiny-pack")
+    write_tiny_pack(root)
+    yield root
