@@ -23,7 +23,8 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     before = asyncio.all_tasks()
     yield
     await asyncio.sleep(0)
-    leaked = [t for t in asyncio.all_tasks() - before if not t.done()]
+    current = asyncio.current_task()  # the fixture's own teardown task
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not current]
     for task in leaked:
         task.cancel()
     assert not leaked, f"test leaked asyncio tasks: {leaked}"
