@@ -1,0 +1,195 @@
+"""Build and run a grpc.aio server with health, reflection, limits, keepalive and a drain.
+
+A service implements ``GrpcService`` (register its servicer, load/start its engine, stop it)
+and is run either by ``run_service`` (``__main__``: signals, metrics endpoint) or inside
+``serve`` (tests: an in-process server, port 0, stopped cleanly on exit).
+
+Lifecycle (reliability.md, vLLM's order):
+  bind + start → health NOT_SERVING → ``service.start()`` (load weights) → SERVING
+  SIGTERM/SIGINT → NOT_SERVING (callers notice) → sleep ``drain_delay_s`` →
+  ``server.stop(shutdown_grace_s)`` (new RPCs refused, in-flight ones get the grace) →
+  ``service.stop()`` (engine threads joined).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from services.common.metrics import start_metrics_server
+from services.common.settings import BaseServiceSettings
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcService(Protocol):
+    """What ``serve``/``run_service`` need from a service."""
+
+    name: str  # short name: "vad", "llm" (logs, metrics)
+    service_names: Sequence[str]  # full proto names, for health and reflection
+    registry: CollectorRegistry  # its metrics, served when metrics_port != 0
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicer(s) to the (not yet started) server."""
+
+    async def start(self) -> None:
+        """Load models and start engine workers; health stays NOT_SERVING until it returns."""
+
+    async def stop(self) -> None:
+        """Release the engine after the server has stopped; must tolerate a failed start."""
+
+
+def server_options(settings: BaseServiceSettings) -> list[tuple[str, Any]]:
+    """Channel args: finite message limits, keepalive that lets clients ping every ~15 s."""
+    keepalive = settings.keepalive
+    return [
+        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive.time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive.min_ping_interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        # SO_REUSEPORT would let a second server silently share a busy port.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def bind_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"{host}:{port}"
+
+
+class ServerHandle:
+    """A started server: its bound port, health servicer and an idempotent ``shutdown``."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: HealthServicer,
+        service: GrpcService,
+        settings: BaseServiceSettings,
+        port: int,
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.service = service
+        self.settings = settings
+        self.port = port
+        self.serving = False
+        self._stop_requested = asyncio.Event()
+        self._shutdown_lock = asyncio.Lock()
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        return bind_address(host, self.port)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service.service_names):
+            await self.health.set(name, status)
+        self.serving = serving
+
+    def request_stop(self) -> None:
+        """Ask ``run_service`` to drain and stop (signal handlers call this)."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        await self._stop_requested.wait()
+
+    async def shutdown(
+        self, grace_s: float | None = None, drain_delay_s: float | None = None
+    ) -> None:
+        """NOT_SERVING → drain delay → stop(grace) → service.stop(); runs once."""
+        async with self._shutdown_lock:
+            if self._stopped:
+                return
+            grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+            drain = self.settings.drain_delay_s if drain_delay_s is None else drain_delay_s
+            was_serving, self.serving = self.serving, False
+            await self.health.enter_graceful_shutdown()
+            if was_serving and drain > 0:
+                log.info("draining name=%s delay_s=%.1f", self.service.name, drain)
+                await asyncio.sleep(drain)
+            await self.server.stop(grace)
+            await self.service.stop()
+            self._stopped = True
+            log.info("stopped name=%s", self.service.name)
+
+
+def build_server(
+    service: GrpcService, settings: BaseServiceSettings
+) -> tuple[grpc.aio.Server, HealthServicer]:
+    """A configured, not yet started server with health, reflection and the service."""
+    server = grpc.aio.server(
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+    )
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service.register(server)
+    reflected = (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(reflected, server)
+    return server, health_servicer
+
+
+@asynccontextmanager
+async def serve(service: GrpcService, settings: BaseServiceSettings) -> AsyncIterator[ServerHandle]:
+    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit."""
+    server, health_servicer = build_server(service, settings)
+    port = server.add_insecure_port(bind_address(settings.host, settings.port))
+    if port == 0:
+        raise OSError(f"cannot bind {bind_address(settings.host, settings.port)}")
+    handle = ServerHandle(server, health_servicer, service, settings, port)
+    await handle.set_serving(False)  # loading: callers must wait
+    await server.start()
+    log.info("listening name=%s address=%s", service.name, handle.address)
+    try:
+        await service.start()
+        await handle.set_serving(True)
+        yield handle
+    finally:
+        await handle.shutdown()
+
+
+def _install_signal_handlers(handle: ServerHandle) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle.request_stop)
+        installed.append(sig)
+    return installed
+
+
+async def run_service(service: GrpcService, settings: BaseServiceSettings) -> None:
+    """Run until SIGTERM/SIGINT, then drain and stop (the body of every ``__main__``)."""
+    metrics = start_metrics_server(settings.metrics_port, settings.host, service.registry)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    try:
+        async with serve(service, settings) as handle:
+            installed = _install_signal_handlers(handle)
+            log.info("serving name=%s port=%d", service.name, handle.port)
+            await handle.wait_stop_requested()
+            log.info("stop requested name=%s", service.name)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if metrics is not None:
+            metrics.close()

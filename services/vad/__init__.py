@@ -1,0 +1,1 @@
+"""Streaming voice activity detection service (silero-vad, batched across sessions)."""

@@ -1,0 +1,228 @@
+"""gRPC front of the VAD engine: validation, limits, batching loop, metrics.
+
+One ``DetectSpeech`` stream = one ``VadSession``. Its 32 ms frames go one at a time through a
+shared ``BatchStepLoop`` whose thread runs one batched silero call over the frames of all
+streams waiting at that moment. A stream has at most one frame queued, so the queue holds at
+most ``max_streams`` frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry
+from stepaudio.serving.v1 import audio_pb2, vad_pb2, vad_pb2_grpc
+
+from services.common.audio import AudioError, as_float_mono, check_sample_rate
+from services.common.errors import (
+    ErrorCode,
+    ServiceError,
+    abort,
+    abort_for_exception,
+    error_code_of,
+)
+from services.common.metrics import BATCH_SIZE_BUCKETS, ServiceMetrics
+from services.common.worker import BatchStepLoop, WorkerClosed
+from services.vad.config import VadSettings
+from services.vad.engine import FrameJob, SileroVad, VadEvent, VadEventKind, VadParams, VadSession
+
+log = logging.getLogger(__name__)
+
+VAD_SERVICE_NAME: str = vad_pb2.DESCRIPTOR.services_by_name["VadService"].full_name
+MAX_CHANNELS = 8
+
+_EVENT_KINDS = {
+    VadEventKind.SPEECH_STARTED: vad_pb2.SpeechEvent.SPEECH_STARTED,
+    VadEventKind.SPEECH_PAUSED: vad_pb2.SpeechEvent.SPEECH_PAUSED,
+    VadEventKind.SPEECH_RESUMED: vad_pb2.SpeechEvent.SPEECH_RESUMED,
+    VadEventKind.SPEECH_STOPPED: vad_pb2.SpeechEvent.SPEECH_STOPPED,
+}
+_SAMPLE_DTYPES = {
+    audio_pb2.AUDIO_ENCODING_PCM_S16LE: np.dtype("<i2"),
+    audio_pb2.AUDIO_ENCODING_PCM_F32LE: np.dtype("<f4"),
+}
+
+
+def decode_chunk(chunk: audio_pb2.AudioChunk, max_chunk_ms: int) -> tuple[np.ndarray, int]:
+    """Validate an AudioChunk and return (float32 mono samples, sample rate)."""
+    if not chunk.HasField("format") or chunk.format.sample_rate_hz == 0:
+        raise AudioError("invalid_audio", "audio chunk needs format.sample_rate_hz")
+    fmt = chunk.format
+    rate = check_sample_rate(fmt.sample_rate_hz)
+    dtype = _SAMPLE_DTYPES.get(fmt.encoding)
+    if dtype is None:
+        raise AudioError("invalid_audio", "format.encoding must be PCM_S16LE or PCM_F32LE")
+    channels = fmt.channels or 1
+    if channels > MAX_CHANNELS:
+        raise AudioError("invalid_audio", f"format.channels must be 1..{MAX_CHANNELS}")
+    frame_bytes = dtype.itemsize * channels
+    if len(chunk.data) % frame_bytes:
+        raise AudioError(
+            "invalid_audio", f"data is not a whole number of {frame_bytes}-byte frames"
+        )
+    samples = len(chunk.data) // frame_bytes
+    if samples * 1000 > max_chunk_ms * rate:
+        raise AudioError("frame_too_large", f"chunk is longer than {max_chunk_ms} ms")
+    pcm = np.frombuffer(chunk.data, dtype=dtype).reshape(samples, channels)
+    return as_float_mono(pcm, allow_empty=True), rate
+
+
+def to_proto(event: VadEvent) -> vad_pb2.SpeechEvent:
+    return vad_pb2.SpeechEvent(
+        kind=_EVENT_KINDS[event.kind],
+        audio_ms=event.audio_ms,
+        detected_at_ms=event.detected_at_ms,
+        probability=event.probability,
+    )
+
+
+class VadService:
+    """Engine, batching loop and metrics of the VAD service (a ``GrpcService``)."""
+
+    name = "vad"
+    service_names = (VAD_SERVICE_NAME,)
+
+    def __init__(self, settings: VadSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics(self.name, registry)
+        self.registry = self.metrics.registry
+        self.decision_seconds = self.metrics.histogram(
+            "decision", "Latency of one batched VAD model step."
+        )
+        self.batch_size = self.metrics.histogram(
+            "batch", "Frames per batched VAD model step.", unit="size", buckets=BATCH_SIZE_BUCKETS
+        )
+        self.active_streams = 0
+        self.step_loop: BatchStepLoop[FrameJob, float] | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        vad_pb2_grpc.add_VadServiceServicer_to_server(VadServicer(self), server)
+
+    async def start(self) -> None:
+        model = await asyncio.to_thread(
+            SileroVad, self.settings.model_path, self.settings.engine_threads
+        )
+        self.step_loop = BatchStepLoop(
+            model.step,
+            max_batch=self.settings.max_batch,
+            max_pending=self.settings.engine_queue_size,
+            name="vad-step",
+            on_step=self._observe_step,
+        )
+        self.step_loop.start()
+        log.info("vad model loaded max_batch=%d", self.settings.max_batch)
+
+    async def stop(self) -> None:
+        if self.step_loop is not None:
+            await self.step_loop.aclose()
+
+    def _observe_step(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.decision_seconds.observe(seconds)
+
+
+class VadStream:
+    """One DetectSpeech call: optional config first, then audio; events out."""
+
+    def __init__(self, service: VadService) -> None:
+        self._service = service
+        self._params: VadParams = service.settings.vad_params()
+        self._session: VadSession | None = None
+
+    async def run(
+        self,
+        requests: AsyncIterator[vad_pb2.DetectSpeechRequest],
+        write: Callable[[VadEvent], Awaitable[None]],
+    ) -> None:
+        first = True
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "config":
+                self._configure(request.config, first)
+            elif kind == "audio":
+                for event in await self._on_audio(request.audio):
+                    await write(event)
+            else:
+                raise ServiceError(
+                    ErrorCode.INVALID_ARGUMENT, "request has neither config nor audio"
+                )
+            first = False
+        for event in await self._on_end():
+            await write(event)
+
+    def _configure(self, config: vad_pb2.VadConfig, first: bool) -> None:
+        if not first:
+            raise ServiceError(ErrorCode.INVALID_ARGUMENT, "config must be the first message")
+        self._params = self._params.with_overrides(
+            threshold=config.threshold,
+            min_speech_ms=config.min_speech_ms,
+            min_silence_ms=config.min_silence_ms,
+            pause_ms=config.pause_ms,
+        )
+
+    async def _on_audio(self, chunk: audio_pb2.AudioChunk) -> list[VadEvent]:
+        samples, rate = decode_chunk(chunk, self._service.settings.max_chunk_ms)
+        if self._session is None:
+            self._session = VadSession(self._params, rate)
+        elif rate != self._session.input_rate_hz:
+            raise AudioError(
+                "invalid_audio",
+                f"sample rate changed mid-stream ({self._session.input_rate_hz} -> {rate} Hz)",
+            )
+        return await self._run_frames(self._session.push(samples))
+
+    async def _on_end(self) -> list[VadEvent]:
+        if self._session is None:
+            return []
+        events = await self._run_frames(self._session.flush())
+        return events + self._session.finish()
+
+    async def _run_frames(self, frames: list[np.ndarray]) -> list[VadEvent]:
+        session, step_loop = self._session, self._service.step_loop
+        if session is None or step_loop is None:
+            raise WorkerClosed("vad engine is not running")
+        events: list[VadEvent] = []
+        for frame in frames:  # one at a time: the next frame needs this frame's state
+            probability = await step_loop.run(self, FrameJob(session.model_state, frame))
+            events.extend(session.on_probability(probability))
+        return events
+
+
+class VadServicer(vad_pb2_grpc.VadServiceServicer):
+    def __init__(self, service: VadService) -> None:
+        self._service = service
+
+    async def DetectSpeech(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[vad_pb2.DetectSpeechRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        service = self._service
+        if service.active_streams >= service.settings.max_streams:
+            await self._fail(context, ErrorCode.OVERLOADED, "too many VAD streams; retry later")
+        service.active_streams += 1
+        service.metrics.active_streams.inc()
+        try:
+            async with asyncio.timeout(service.settings.max_stream_s):
+                await VadStream(service).run(
+                    request_iterator, lambda event: context.write(to_proto(event))
+                )
+        except grpc.aio.AbortError:
+            raise
+        except TimeoutError:
+            limit = service.settings.max_stream_s
+            await self._fail(context, ErrorCode.DEADLINE_EXCEEDED, f"stream exceeded {limit} s")
+        except Exception as exc:  # coded engine/validation errors → their status
+            service.metrics.record_error(error_code_of(exc))
+            await abort_for_exception(context, exc)
+        finally:
+            service.active_streams -= 1
+            service.metrics.active_streams.dec()
+
+    async def _fail(self, context: grpc.aio.ServicerContext, code: ErrorCode, message: str) -> None:
+        self._service.metrics.record_error(code)
+        await abort(context, code, message)
