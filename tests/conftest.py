@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.redis import RedisServer
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every async test gets the leaked-task check."""
@@ -38,3 +40,11 @@ def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("tiny-pack")
     write_tiny_pack(root)
     yield root
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (AOF on) shared by the session's tests."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
