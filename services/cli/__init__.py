@@ -14,6 +14,7 @@ import sys
 # module names under services.cli, each with register(subparsers)
 COMMAND_MODULES = [
     "models",
+    "tokenize",
 ]
 
 

@@ -1,0 +1,61 @@
+"""`stepaudio tokenize FILE --model-dir DIR`: audio file -> Step-Audio audio token ids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from services.cli import CliError
+
+MODEL_DIR_ENV = "STEPAUDIO_MODEL_DIR"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "tokenize",
+        help="turn an audio file into interleaved audio token ids (Step-Audio-Tokenizer)",
+        description="Prints the LLM ids (65536+code, 2 linguistic + 3 semantic per 120 ms).",
+    )
+    parser.add_argument("file", type=Path, help="audio file (WAV/FLAC/OGG, any rate 8-48 kHz)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=os.environ.get(MODEL_DIR_ENV),
+        help=f"model root holding Step-Audio-Tokenizer/, or that folder (default ${MODEL_DIR_ENV})",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    parser.add_argument("--trim", action="store_true", help="trim silence (TTS prompt recipe)")
+    parser.set_defaults(func=_tokenize)
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from services.common.audio import AudioError, decode_audio_file
+    from services.models.audio_tokenizer import (
+        AudioTokenizer,
+        CheckpointError,
+        resolve_tokenizer_dir,
+    )
+    from services.models.audio_tokens import GROUP_SIZE
+
+    if args.model_dir is None:
+        raise CliError(f"--model-dir is required (or set {MODEL_DIR_ENV})")
+    if not args.file.is_file():
+        raise CliError(f"no such audio file: {args.file}")
+    try:
+        tokenizer = AudioTokenizer.from_pretrained(resolve_tokenizer_dir(args.model_dir))
+        samples, rate = decode_audio_file(args.file)
+        ids = tokenizer.tokenize(samples, rate, trim=args.trim)
+    except (AudioError, CheckpointError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        report = {
+            "token_ids": ids,
+            "seconds": round(len(samples) / rate, 3),
+            "groups": len(ids) // GROUP_SIZE,
+        }
+        print(json.dumps(report))
+    else:
+        print(" ".join(map(str, ids)))
+    return 0
