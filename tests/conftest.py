@@ -24,9 +24,16 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     """Fail an async test that leaves asyncio tasks running behind it (livekit's check)."""
     before = asyncio.all_tasks()
     yield
-    await asyncio.sleep(0)
     current = asyncio.current_task()  # the fixture's own teardown task
-    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not current]
+
+    def running() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() - before if not t.done() and t is not current]
+
+    for _ in range(50):  # cancelled tasks (grpc call cleanup) need a few loop turns to finish
+        if not running():
+            break
+        await asyncio.sleep(0.01)
+    leaked = running()
     for task in leaked:
         task.cancel()
     assert not leaked, f"test leaked asyncio tasks: {leaked}"

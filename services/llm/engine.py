@@ -117,7 +117,8 @@ class TorchLlmEngine:
 
     def add_request(self, request: GenerationRequest) -> None:
         self.validate(request)
-        stops = frozenset({self.config.eos_token_id, *request.params.stop_token_ids})
+        eos = set() if request.params.ignore_eos else {self.config.eos_token_id}
+        stops = frozenset({*eos, *request.params.stop_token_ids})
         sequence = _Sequence(
             request, request.params.make_generator(), list(request.prompt_ids), stops=stops
         )

@@ -82,3 +82,29 @@ class TextTokenizer:
 
     def audio_id_of(self, code: int) -> int:
         return AUDIO_ID_OFFSET + code
+
+
+class IncrementalDecoder:
+    """Text deltas of a growing id sequence; holds back an unfinished UTF-8 character.
+
+    SentencePiece byte-fallback pieces can split a character over several ids; decoding the
+    whole text and emitting the new suffix keeps deltas correct at any cut.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._text_ids: list[int] = []
+        self._emitted = 0
+
+    def push(self, ids: Iterable[int]) -> str:
+        self._text_ids.extend(i for i in ids if not is_audio_id(i))
+        text = self._tokenizer.decode(self._text_ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character
+            return ""
+        delta, self._emitted = text[self._emitted :], len(text)
+        return delta
+
+    def flush(self) -> str:
+        text = self._tokenizer.decode(self._text_ids)
+        delta, self._emitted = text[self._emitted :], len(text)
+        return delta

@@ -25,7 +25,8 @@ def generate(
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     generator = generator or params.make_generator()
-    stops = {model.config.eos_token_id, *params.stop_token_ids}
+    eos = set() if params.ignore_eos else {model.config.eos_token_id}
+    stops = eos | set(params.stop_token_ids)
     cache = model.new_cache(1, capacity=len(prompt_ids) + params.max_tokens)
     slots = torch.zeros(1, dtype=torch.long)
     history = list(prompt_ids)

@@ -25,6 +25,7 @@ class SamplingParams:
     repetition_aware: bool = False
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # generate past EOS (benchmarks and tests, as vLLM's option)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 10.0:

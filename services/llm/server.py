@@ -1,0 +1,217 @@
+"""gRPC front of the LLM engine: prompt rendering, validation, streaming, cancel, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from prometheus_client import CollectorRegistry
+from stepaudio.serving.v1 import llm_pb2, llm_pb2_grpc
+
+from services.common.errors import ErrorCode, abort, abort_for_exception
+from services.common.metrics import ServiceMetrics
+from services.llm.config import LlmSettings
+from services.llm.engine import (
+    AsyncLlmEngine,
+    EngineClosed,
+    EngineOverloaded,
+    FinishReason,
+    GenerationRequest,
+    LlmEngine,
+    TorchLlmEngine,
+)
+from services.models.prompts import AudioContent, ChatMessage, build_chat_prompt
+from services.models.step1 import SamplingParams
+from services.models.text_tokenizer import IncrementalDecoder, TextTokenizer
+
+log = logging.getLogger(__name__)
+
+LLM_SERVICE_NAME: str = llm_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
+_FINISH = {
+    FinishReason.STOP: llm_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: llm_pb2.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: llm_pb2.FINISH_REASON_CANCELLED,
+}
+MAX_REQUEST_ID_CHARS = 128
+
+
+def build_engine(settings: LlmSettings) -> LlmEngine:
+    """The configured engine; vLLM is imported only when asked for."""
+    if settings.engine == "vllm":
+        from services.llm.vllm_engine import VllmLlmEngine  # GPU hosts only
+
+        return VllmLlmEngine.from_settings(settings)
+    torch_engine = TorchLlmEngine.from_pretrained(
+        settings.model_path,
+        device=settings.device,
+        max_running=settings.max_running,
+        max_waiting=settings.max_waiting,
+        cache_capacity=settings.cache_capacity,
+    )
+    return AsyncLlmEngine(torch_engine, name="llm-engine")
+
+
+def chat_messages(prompt: llm_pb2.ChatPrompt) -> list[ChatMessage]:
+    messages = []
+    for message in prompt.messages:
+        parts: list[str | AudioContent] = []
+        for part in message.content:
+            if part.HasField("audio"):
+                parts.append(AudioContent(list(part.audio.token_ids)))
+            else:
+                parts.append(part.text)
+        messages.append(ChatMessage(message.role, parts))
+    return messages
+
+
+class LlmService:
+    """Engine, tokenizer and metrics of the LLM service (a ``GrpcService``)."""
+
+    name = "llm"
+    service_names = (LLM_SERVICE_NAME,)
+
+    def __init__(self, settings: LlmSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics(self.name, registry)
+        self.registry = self.metrics.registry
+        self.time_to_first_token = self.metrics.histogram(
+            "time_to_first_token", "Request arrival to its first generated token."
+        )
+        self.request_seconds = self.metrics.histogram("request", "Whole Generate call duration.")
+        self.generated_tokens = self.metrics.counter("generated_tokens", "Tokens generated.")
+        self.finished = self.metrics.counter(
+            "requests", "Finished Generate requests by reason.", ["reason"]
+        )
+        self.cancel_calls = self.metrics.counter(
+            "cancel_calls", "Cancel RPCs, by whether the request was found.", ["found"]
+        )
+        self.engine: LlmEngine | None = None
+        self.tokenizer: TextTokenizer | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        llm_pb2_grpc.add_LlmServiceServicer_to_server(LlmServicer(self), server)
+
+    async def start(self) -> None:
+        self.tokenizer = await asyncio.to_thread(
+            TextTokenizer.from_folder, self.settings.model_path
+        )
+        self.engine = await asyncio.to_thread(build_engine, self.settings)
+        await self.engine.start()
+        log.info("llm engine=%s model=%s", self.engine.engine_name, self.settings.model_path)
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+
+    def sampling_params(self, sampling: llm_pb2.SamplingParams) -> SamplingParams:
+        s = self.settings
+        max_tokens = sampling.max_tokens or s.max_tokens
+        return SamplingParams(
+            temperature=sampling.temperature if sampling.HasField("temperature") else s.temperature,
+            top_p=sampling.top_p or s.top_p,
+            top_k=sampling.top_k or s.top_k,
+            max_tokens=min(max_tokens, s.max_tokens),
+            repetition_aware=sampling.repetition_aware,
+            seed=sampling.seed if sampling.HasField("seed") else None,
+            stop_token_ids=tuple(sampling.stop_token_ids),
+            ignore_eos=sampling.ignore_eos,
+        )
+
+    def prompt_ids(self, request: llm_pb2.GenerateRequest) -> list[int]:
+        assert self.tokenizer is not None
+        which = request.WhichOneof("prompt")
+        if which == "chat":
+            if not request.chat.messages:
+                raise ValueError("chat prompt has no messages")
+            return build_chat_prompt(self.tokenizer, chat_messages(request.chat))
+        if which == "tokens":
+            return list(request.tokens.token_ids)
+        raise ValueError("GenerateRequest needs a chat or tokens prompt")
+
+
+class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
+    def __init__(self, service: LlmService) -> None:
+        self._service = service
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: llm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.GenerateResponse]:
+        service = self._service
+        engine, tokenizer = service.engine, service.tokenizer
+        assert engine is not None and tokenizer is not None
+        request_id = request.request_id or uuid.uuid4().hex
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            await abort(context, ErrorCode.INVALID_ARGUMENT, "request_id is too long")
+        try:
+            params = service.sampling_params(request.sampling)
+            prompt = service.prompt_ids(request)
+            generation = GenerationRequest(request_id, prompt, params)
+            if isinstance(engine, AsyncLlmEngine):
+                engine.engine.validate(generation)
+        except ValueError as exc:
+            service.metrics.record_error(ErrorCode.INVALID_ARGUMENT)
+            await abort(context, ErrorCode.INVALID_ARGUMENT, str(exc))
+        started = time.perf_counter()
+        decoder = IncrementalDecoder(tokenizer)
+        first = True
+        try:
+            async for output in engine.generate(generation):
+                if output.error:
+                    raise RuntimeError(output.error)
+                if output.token_ids and first:
+                    service.time_to_first_token.observe(time.perf_counter() - started)
+                    first = False
+                service.generated_tokens.inc(len(output.token_ids))
+                text = decoder.push(output.token_ids)
+                if output.finished:
+                    text += decoder.flush()
+                    service.finished.labels(reason=str(output.finish_reason)).inc()
+                yield llm_pb2.GenerateResponse(
+                    token_ids=output.token_ids,
+                    text=text,
+                    finished=output.finished,
+                    finish_reason=_FINISH.get(output.finish_reason, 0)
+                    if output.finish_reason
+                    else 0,
+                    prompt_tokens=output.prompt_tokens,
+                    completion_tokens=output.completion_tokens,
+                )
+        except asyncio.CancelledError:
+            # the client cancelled or its deadline passed; closing the stream aborted the request
+            service.finished.labels(reason=str(FinishReason.CANCELLED)).inc()
+            raise
+        except (EngineOverloaded, EngineClosed) as exc:
+            service.metrics.record_error(exc.code)
+            await abort_for_exception(context, exc)
+        except ValueError as exc:
+            service.metrics.record_error(ErrorCode.INVALID_ARGUMENT)
+            await abort(context, ErrorCode.INVALID_ARGUMENT, str(exc))
+        except RuntimeError as exc:
+            service.metrics.record_error(ErrorCode.INTERNAL_ERROR)
+            await abort_for_exception(context, exc)
+        finally:
+            service.request_seconds.observe(time.perf_counter() - started)
+
+    async def Cancel(  # noqa: N802 - gRPC method name
+        self, request: llm_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb2.CancelResponse:
+        assert self._service.engine is not None
+        found = await self._service.engine.abort(request.request_id)
+        self._service.cancel_calls.labels(found=str(found).lower()).inc()
+        return llm_pb2.CancelResponse(found=found)
+
+    async def Info(  # noqa: N802 - gRPC method name
+        self, request: llm_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb2.InfoResponse:
+        engine = self._service.engine
+        assert engine is not None
+        return llm_pb2.InfoResponse(
+            model_name=self._service.settings.model_name,
+            engine=engine.engine_name,
+            vocab_size=engine.vocab_size,
+            max_seq_len=engine.max_seq_len,
+        )
