@@ -1,0 +1,1 @@
+"""Benchmarks and load tests (run as modules: python -m loadtests.<name>)."""
