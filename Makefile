@@ -26,7 +26,7 @@ setup: $(STAMP) ## create .venv and install the project (CPU)
 
 build/proto/.stamp: $(PROTO_SRC)
 	rm -rf build/proto && mkdir -p build/proto
-	$(PY) -m grpc_tools.protoc -I protos --python_out=build/proto --grpc_python_out=build/proto \
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos --python_out=build/proto --grpc_python_out=build/proto \
 	  --mypy_out=build/proto --mypy_grpc_out=build/proto $(PROTO_SRC)
 	touch $@
 

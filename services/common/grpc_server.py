@@ -106,6 +106,12 @@ class ServerHandle:
             await self.health.set(name, status)
         self.serving = serving
 
+    async def start_service(self) -> None:
+        """Load the service (``service.start()``), then report SERVING."""
+        await self.service.start()
+        await self.set_serving(True)
+        log.info("serving name=%s", self.service.name)
+
     def request_stop(self) -> None:
         """Ask ``run_service`` to drain and stop (signal handlers call this)."""
         self._stop_requested.set()
@@ -149,20 +155,26 @@ def build_server(
     return server, health_servicer
 
 
-@asynccontextmanager
-async def serve(service: GrpcService, settings: BaseServiceSettings) -> AsyncIterator[ServerHandle]:
-    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit."""
+async def start_server(service: GrpcService, settings: BaseServiceSettings) -> ServerHandle:
+    """Bind and start the server, health NOT_SERVING; ``handle.start_service()`` comes next."""
     server, health_servicer = build_server(service, settings)
-    port = server.add_insecure_port(bind_address(settings.host, settings.port))
+    address = bind_address(settings.host, settings.port)
+    port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot bind {bind_address(settings.host, settings.port)}")
+        raise OSError(f"cannot bind {address}")
     handle = ServerHandle(server, health_servicer, service, settings, port)
     await handle.set_serving(False)  # loading: callers must wait
     await server.start()
     log.info("listening name=%s address=%s", service.name, handle.address)
+    return handle
+
+
+@asynccontextmanager
+async def serve(service: GrpcService, settings: BaseServiceSettings) -> AsyncIterator[ServerHandle]:
+    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit."""
+    handle = await start_server(service, settings)
     try:
-        await service.start()
-        await handle.set_serving(True)
+        await handle.start_service()
         yield handle
     finally:
         await handle.shutdown()
@@ -185,7 +197,6 @@ async def run_service(service: GrpcService, settings: BaseServiceSettings) -> No
     try:
         async with serve(service, settings) as handle:
             installed = _install_signal_handlers(handle)
-            log.info("serving name=%s port=%d", service.name, handle.port)
             await handle.wait_stop_requested()
             log.info("stop requested name=%s", service.name)
     finally:

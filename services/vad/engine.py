@@ -13,8 +13,9 @@ No gRPC here: numpy in, dataclasses out, synchronous.
 
 Turn logic (hysteresis as in silero's VADIterator: speech needs p >= threshold, silence needs
 p < threshold - 0.15; in between, the current state holds):
-  SPEECH_STARTED  speech held for min_speech_ms (a frame below the low threshold restarts the
-                  count); audio_ms = first speech frame.
+  SPEECH_STARTED  min_speech_ms of speech frames in a candidate run; the run survives gaps
+                  shorter than min_silence_ms (as silero's offline segmentation); audio_ms =
+                  the run's first speech frame.
   SPEECH_PAUSED   in speech, silence for pause_ms (only if pause_ms > 0); audio_ms = silence start.
   SPEECH_RESUMED  speech (p >= threshold) after a pause, before the turn ended.
   SPEECH_STOPPED  silence for min_silence_ms, or end of input during speech; audio_ms = silence
@@ -204,8 +205,9 @@ class VadSession:
         self._frame_index = 0
         self._in_speech = False
         self._paused = False
-        self._speech_start_ms: int | None = None  # candidate start while silent
-        self._silence_start_ms: int | None = None  # while in speech
+        self._speech_start_ms: int | None = None  # candidate speech start, before STARTED
+        self._candidate_speech_ms = 0  # speech frames in the candidate so far
+        self._silence_start_ms: int | None = None  # current silence run (candidate or turn)
         self._last_probability = 0.0
 
     @property
@@ -236,19 +238,35 @@ class VadSession:
         end_ms = self._frames.samples * 1000 // SAMPLE_RATE_HZ
         start_ms = end_ms if self._silence_start_ms is None else self._silence_start_ms
         self._reset_turn()
-        return [self._event(VadEventKind.SPEECH_STOPPED, start_ms, end_ms, self._last_probability)]
+        return [VadEvent(VadEventKind.SPEECH_STOPPED, start_ms, end_ms, self._last_probability)]
 
     def _while_silent(self, probability: float, start_ms: int, end_ms: int) -> list[VadEvent]:
+        """Candidate speech: survives gaps shorter than min_silence_ms (as silero's offline
+        segmentation does); STARTED once it holds min_speech_ms of speech frames."""
         params = self.params
-        if probability >= params.threshold and self._speech_start_ms is None:
-            self._speech_start_ms = start_ms
-        elif probability < params.low_threshold:
-            self._speech_start_ms = None
-        if self._speech_start_ms is None or end_ms - self._speech_start_ms < params.min_speech_ms:
+        if probability >= params.threshold:
+            if self._speech_start_ms is None:
+                self._speech_start_ms, self._candidate_speech_ms = start_ms, 0
+            self._silence_start_ms = None
+        elif self._speech_start_ms is None:
+            return []
+        if probability < params.threshold and (
+            probability < params.low_threshold or self._silence_start_ms is not None
+        ):
+            return self._candidate_gap(start_ms, end_ms)
+        self._candidate_speech_ms += FRAME_MS
+        if self._candidate_speech_ms < params.min_speech_ms:
             return []
         self._in_speech, started_ms = True, self._speech_start_ms
         self._speech_start_ms = None
-        return [self._event(VadEventKind.SPEECH_STARTED, started_ms, end_ms, probability)]
+        return [VadEvent(VadEventKind.SPEECH_STARTED, started_ms, end_ms, probability)]
+
+    def _candidate_gap(self, start_ms: int, end_ms: int) -> list[VadEvent]:
+        if self._silence_start_ms is None:
+            self._silence_start_ms = start_ms
+        if end_ms - self._silence_start_ms >= self.params.min_silence_ms:
+            self._reset_turn()  # too long a gap: the burst before it was noise
+        return []
 
     def _while_speaking(self, probability: float, start_ms: int, end_ms: int) -> list[VadEvent]:
         params = self.params
@@ -257,7 +275,7 @@ class VadSession:
             if not self._paused:
                 return []
             self._paused = False
-            return [self._event(VadEventKind.SPEECH_RESUMED, start_ms, end_ms, probability)]
+            return [VadEvent(VadEventKind.SPEECH_RESUMED, start_ms, end_ms, probability)]
         if self._silence_start_ms is None:
             if probability >= params.low_threshold:
                 return []  # between thresholds: still speech
@@ -269,19 +287,15 @@ class VadSession:
         events = []
         if self.params.pause_ms and not self._paused and silent_ms >= self.params.pause_ms:
             self._paused = True
-            events.append(self._event(VadEventKind.SPEECH_PAUSED, since_ms, end_ms, probability))
+            events.append(VadEvent(VadEventKind.SPEECH_PAUSED, since_ms, end_ms, probability))
         if silent_ms >= self.params.min_silence_ms:
             self._reset_turn()
-            events.append(self._event(VadEventKind.SPEECH_STOPPED, since_ms, end_ms, probability))
+            events.append(VadEvent(VadEventKind.SPEECH_STOPPED, since_ms, end_ms, probability))
         return events
 
     def _reset_turn(self) -> None:
         self._in_speech = self._paused = False
         self._speech_start_ms = self._silence_start_ms = None
-
-    @staticmethod
-    def _event(kind: VadEventKind, audio_ms: int, at_ms: int, probability: float) -> VadEvent:
-        return VadEvent(kind, audio_ms, at_ms, probability)
 
 
 def detect(model: SileroVad, session: VadSession, samples: np.ndarray) -> list[VadEvent]:

@@ -68,6 +68,9 @@ def decode_chunk(chunk: audio_pb2.AudioChunk, max_chunk_ms: int) -> tuple[np.nda
     if samples * 1000 > max_chunk_ms * rate:
         raise AudioError("frame_too_large", f"chunk is longer than {max_chunk_ms} ms")
     pcm = np.frombuffer(chunk.data, dtype=dtype).reshape(samples, channels)
+    if dtype.kind == "i":
+        # Scale before as_float_mono: it averages channels first, which loses the int16 dtype.
+        pcm = pcm.astype(np.float32) / 32768.0
     return as_float_mono(pcm, allow_empty=True), rate
 
 
@@ -207,6 +210,11 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
         service.active_streams += 1
         service.metrics.active_streams.inc()
         try:
+            # Headers now tell the client it was admitted: a client that awaits
+            # call.initial_metadata() before writing sees a rejection's real status
+            # (grpc aio clients may report INTERNAL for an abort that races their write,
+            # grpc/grpc#36066).
+            await context.send_initial_metadata(())
             async with asyncio.timeout(service.settings.max_stream_s):
                 await VadStream(service).run(
                     request_iterator, lambda event: context.write(to_proto(event))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,24 @@ async def detect_speech(
 ) -> list[vad_pb2.SpeechEvent]:
     """Send all requests on one DetectSpeech stream, half-close, collect every event."""
     call = vad_pb2_grpc.VadServiceStub(channel).DetectSpeech(timeout=timeout_s)
-    for request in requests:
-        await call.write(request)
-    await call.done_writing()
+    await call.initial_metadata()  # admitted (or rejected) before we write: no write race
+    try:
+        for request in requests:
+            await call.write(request)
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the server ended the call early; reading below raises its status
     return [event async for event in call]
 
 
 def kinds(events: Sequence[vad_pb2.SpeechEvent]) -> list[str]:
     return [vad_pb2.SpeechEvent.Kind.Name(event.kind) for event in events]
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds (polling: state changed by server tasks or threads)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout_s} s")
