@@ -68,6 +68,25 @@ def chat_messages(prompt: llm_pb2.ChatPrompt) -> list[ChatMessage]:
     return messages
 
 
+def fit_chat_prompt(
+    tokenizer: TextTokenizer, messages: list[ChatMessage], max_tokens: int
+) -> tuple[list[int], int]:
+    """Drop the oldest non-system messages until the prompt has at most ``max_tokens`` ids."""
+    dropped = 0
+    ids = build_chat_prompt(tokenizer, messages)
+    while max_tokens and len(ids) > max_tokens:
+        droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
+        if not droppable:
+            raise ValueError(
+                f"the prompt needs {len(ids)} tokens even without history "
+                f"(max_prompt_tokens {max_tokens})"
+            )
+        del messages[droppable[0]]
+        dropped += 1
+        ids = build_chat_prompt(tokenizer, messages)
+    return ids, dropped
+
+
 class LlmService:
     """Engine, tokenizer and metrics of the LLM service (a ``GrpcService``)."""
 
@@ -121,15 +140,18 @@ class LlmService:
             ignore_eos=sampling.ignore_eos,
         )
 
-    def prompt_ids(self, request: llm_pb2.GenerateRequest) -> list[int]:
+    def prompt_ids(self, request: llm_pb2.GenerateRequest) -> tuple[list[int], int]:
+        """The prompt ids and how many chat messages were dropped to fit the budget."""
         assert self.tokenizer is not None
         which = request.WhichOneof("prompt")
         if which == "chat":
             if not request.chat.messages:
                 raise ValueError("chat prompt has no messages")
-            return build_chat_prompt(self.tokenizer, chat_messages(request.chat))
+            return fit_chat_prompt(
+                self.tokenizer, chat_messages(request.chat), request.max_prompt_tokens
+            )
         if which == "tokens":
-            return list(request.tokens.token_ids)
+            return list(request.tokens.token_ids), 0
         raise ValueError("GenerateRequest needs a chat or tokens prompt")
 
 
@@ -148,7 +170,7 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
             await abort(context, ErrorCode.INVALID_ARGUMENT, "request_id is too long")
         try:
             params = service.sampling_params(request.sampling)
-            prompt = service.prompt_ids(request)
+            prompt, dropped = service.prompt_ids(request)
             generation = GenerationRequest(request_id, prompt, params)
             if isinstance(engine, AsyncLlmEngine):
                 engine.engine.validate(generation)
@@ -179,6 +201,7 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
                     else 0,
                     prompt_tokens=output.prompt_tokens,
                     completion_tokens=output.completion_tokens,
+                    dropped_messages=dropped,
                 )
         except asyncio.CancelledError:
             # the client cancelled or its deadline passed; closing the stream aborted the request

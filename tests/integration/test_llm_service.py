@@ -157,3 +157,32 @@ async def test_overload_is_resource_exhausted(llm: tuple[RunningService, LlmServ
     for call in calls:
         call.cancel()
         await call.code()
+
+
+async def test_history_is_trimmed_to_the_prompt_budget(
+    llm: tuple[RunningService, LlmService],
+) -> None:
+    running, service = llm
+    stub = llm_pb2_grpc.LlmServiceStub(running.channel)
+
+    def message(role: str, text: str) -> llm_pb2.ChatMessage:
+        return llm_pb2.ChatMessage(role=role, content=[llm_pb2.ContentPart(text=text)])
+
+    history = [message("system", "Be brief.")]
+    for index in range(6):
+        history += [message("user", f"question {index} " * 5), message("assistant", "an answer")]
+    history.append(message("user", "last question"))
+    request = llm_pb2.GenerateRequest(
+        chat=llm_pb2.ChatPrompt(messages=history),
+        sampling=llm_pb2.SamplingParams(max_tokens=2, seed=1),
+        max_prompt_tokens=80,
+    )
+    replies = [r async for r in stub.Generate(request)]
+    assert replies[-1].prompt_tokens <= 80
+    assert replies[-1].dropped_messages > 0
+    request.max_prompt_tokens = 5  # not even the system prompt and the question fit
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        [r async for r in stub.Generate(request)]
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "even without history" in error.value.details()
+    assert service.tokenizer is not None
