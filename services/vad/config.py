@@ -35,7 +35,7 @@ class VadSettings(BaseServiceSettings):
         250,
         ge=MIN_SPEECH_MS_RANGE[0],
         le=MIN_SPEECH_MS_RANGE[1],
-        description="Speech must last this long before SPEECH_STARTED (ms).",
+        description="Speech needed before SPEECH_STARTED (ms); gaps < min_silence_ms kept.",
     )
     min_silence_ms: int = Field(
         600,
@@ -59,7 +59,7 @@ class VadSettings(BaseServiceSettings):
     )
     engine_threads: int = Field(1, ge=1, le=16, description="onnxruntime intra-op threads.")
     model_path: Path | None = Field(
-        None, description="silero_vad.onnx to load; empty = the one in the silero-vad package."
+        None, description="silero_vad.onnx to load; unset = the one in the silero-vad package."
     )
 
     @model_validator(mode="after")

@@ -6,10 +6,11 @@ from pydantic import ValidationError
 from stepaudio.serving.v1 import audio_pb2
 
 from services.common.audio import AudioError
-from services.common.settings import env_vars
+from services.common.settings import env_var_table, env_vars
 from services.vad.config import VadSettings
 from services.vad.engine import VadParams
 from services.vad.server import decode_chunk
+from tests.helpers.grpc import REPO_ROOT
 
 
 def test_defaults() -> None:
@@ -72,3 +73,8 @@ def test_decode_chunk_rejects(chunk: audio_pb2.AudioChunk, code: str) -> None:
     with pytest.raises(AudioError) as error:
         decode_chunk(chunk, max_chunk_ms=1000)
     assert error.value.code == code
+
+
+def test_docs_list_the_current_env_table() -> None:
+    docs = (REPO_ROOT / "docs/services.md").read_text()
+    assert env_var_table(VadSettings) in docs, "regenerate the VAD table in docs/services.md"
