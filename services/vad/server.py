@@ -199,7 +199,7 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
     def __init__(self, service: VadService) -> None:
         self._service = service
 
-    async def DetectSpeech(  # noqa: N802 - gRPC method name
+    async def DetectSpeech(
         self,
         request_iterator: AsyncIterator[vad_pb2.DetectSpeechRequest],
         context: grpc.aio.ServicerContext,
