@@ -1,0 +1,126 @@
+"""Speaker-prompt features: Matcha-style log-mel (prompt mel) and the CAM++ x-vector.
+
+The mel filterbank is librosa's Slaney-scale, Slaney-normalised basis, computed here in numpy
+(librosa is not a dependency). The CAM++ front end is Kaldi fbank via kaldi-native-fbank in
+place of torchaudio's `kaldi.fbank` (same options: 80 bins, dither 0, Povey window, 25/10 ms).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import numpy as np
+import onnxruntime
+import torch
+
+from services.models.token2wav.config import MelConfig
+
+CAMPPLUS_FILE = "campplus.onnx"
+CAMPPLUS_SAMPLE_RATE_HZ = 16000
+
+
+def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    linear = hz / f_sp
+    log_part = min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
+    return np.where(hz >= min_log_hz, log_part, linear)
+
+
+def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(
+        mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel
+    )
+
+
+@lru_cache(maxsize=8)
+def slaney_mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 basis, as librosa.filters.mel (htk=False, norm='slaney')."""
+    fmax = sample_rate / 2.0 if fmax is None else float(fmax)
+    fft_freqs = np.linspace(0, sample_rate / 2.0, 1 + n_fft // 2)
+    mel_points = np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2)
+    mel_freqs = _mel_to_hz_slaney(mel_points)
+    widths = np.diff(mel_freqs)
+    ramps = mel_freqs[:, None] - fft_freqs[None, :]
+    weights = np.zeros((n_mels, fft_freqs.size), dtype=np.float32)  # float32 as librosa's
+    for i in range(n_mels):
+        lower = -ramps[i] / widths[i]
+        upper = ramps[i + 2] / widths[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_freqs[2 : n_mels + 2] - mel_freqs[:n_mels]))[:, None]
+    return weights
+
+
+def log_mel_spectrogram(wav: np.ndarray, config: MelConfig) -> np.ndarray:
+    """Matcha/CosyVoice `mel_spectrogram` of a mono wav at config.sampling_rate → (T, n_mels).
+
+    Reflect-pads (n_fft - hop) / 2 per side, |STFT| as sqrt(re² + im² + 1e-9), Slaney mel,
+    natural log clamped at 1e-5. T = (len + 2·pad - n_fft) // hop + 1 ≈ len / hop.
+    """
+    signal = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None, None]
+    pad = (config.n_fft - config.hop_size) // 2
+    if signal.shape[-1] <= pad:
+        raise ValueError(f"audio of {signal.shape[-1]} samples is too short for a mel frame")
+    signal = torch.nn.functional.pad(signal, (pad, pad), mode="reflect").squeeze(1)
+    spec = torch.stft(
+        signal,
+        config.n_fft,
+        hop_length=config.hop_size,
+        win_length=config.win_size,
+        window=torch.hann_window(config.win_size),
+        center=config.center,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
+    magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
+    basis = torch.from_numpy(
+        slaney_mel_filterbank(
+            config.sampling_rate, config.n_fft, config.num_mels, config.fmin, config.fmax
+        )
+    )
+    mel = torch.matmul(basis, magnitude[0])
+    return torch.log(torch.clamp(mel, min=1e-5)).T.contiguous().numpy()
+
+
+def kaldi_fbank(wav_16k: np.ndarray, num_bins: int = 80) -> np.ndarray:
+    """Kaldi fbank (T, num_bins) of float audio in [-1, 1] at 16 kHz, as CosyVoice's front end."""
+    options = knf.FbankOptions()
+    options.frame_opts.samp_freq = CAMPPLUS_SAMPLE_RATE_HZ
+    options.frame_opts.dither = 0.0
+    options.mel_opts.num_bins = num_bins
+    computer = knf.OnlineFbank(options)
+    computer.accept_waveform(CAMPPLUS_SAMPLE_RATE_HZ, wav_16k.astype(np.float32).tolist())
+    computer.input_finished()
+    frames = [computer.get_frame(i) for i in range(computer.num_frames_ready)]
+    return np.asarray(frames, dtype=np.float32).reshape(-1, num_bins)
+
+
+class SpeakerEncoder:
+    """CAM++ (campplus.onnx) on CPU: 16 kHz wav → 192-d x-vector."""
+
+    def __init__(self, onnx_path: Path) -> None:
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{onnx_path}: missing (CAM++ speaker encoder)")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def embed(self, wav_16k: np.ndarray) -> np.ndarray:
+        feats = kaldi_fbank(wav_16k)
+        feats = feats - feats.mean(axis=0, keepdims=True)
+        output = self.session.run(None, {self.input_name: feats[None].astype(np.float32)})[0]
+        return np.asarray(output, dtype=np.float32).reshape(-1)
