@@ -50,13 +50,11 @@ def as_float_mono(samples: np.ndarray, *, allow_empty: bool = False) -> np.ndarr
     channels are averaged. Raises AudioError for NaN/inf, wrong dtype or empty input.
     """
     array = np.asarray(samples)
-    if array.ndim == 2:
-        array = array.mean(axis=1) if array.shape[1] > 1 else array[:, 0]
-    elif array.ndim != 1:
+    if array.ndim not in (1, 2):
         raise AudioError(
             "invalid_audio", f"audio must be 1-D or (samples, channels), got {array.shape}"
         )
-    if array.dtype == np.int16:
+    if array.dtype == np.int16:  # scale before averaging channels, so int PCM is not truncated
         array = array.astype(np.float32) / 32768.0
     elif array.dtype == np.int32:
         array = array.astype(np.float32) / 2147483648.0
@@ -64,6 +62,8 @@ def as_float_mono(samples: np.ndarray, *, allow_empty: bool = False) -> np.ndarr
         array = array.astype(np.float32, copy=False)
     else:
         raise AudioError("invalid_audio", f"unsupported sample format {array.dtype}")
+    if array.ndim == 2:
+        array = array.mean(axis=1) if array.shape[1] > 1 else array[:, 0]
     if array.size == 0 and not allow_empty:
         raise AudioError("empty_audio", "audio is empty")
     if not np.isfinite(array).all():
