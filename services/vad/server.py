@@ -17,7 +17,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from stepaudio.serving.v1 import audio_pb2, vad_pb2, vad_pb2_grpc
 
-from services.common.audio import AudioError, as_float_mono, check_sample_rate
+from services.common.audio import AudioError
+from services.common.audio_proto import decode_chunk
 from services.common.errors import (
     ErrorCode,
     ServiceError,
@@ -33,7 +34,6 @@ from services.vad.engine import FrameJob, SileroVad, VadEvent, VadEventKind, Vad
 log = logging.getLogger(__name__)
 
 VAD_SERVICE_NAME: str = vad_pb2.DESCRIPTOR.services_by_name["VadService"].full_name
-MAX_CHANNELS = 8
 
 _EVENT_KINDS = {
     VadEventKind.SPEECH_STARTED: vad_pb2.SpeechEvent.SPEECH_STARTED,
@@ -41,37 +41,6 @@ _EVENT_KINDS = {
     VadEventKind.SPEECH_RESUMED: vad_pb2.SpeechEvent.SPEECH_RESUMED,
     VadEventKind.SPEECH_STOPPED: vad_pb2.SpeechEvent.SPEECH_STOPPED,
 }
-_SAMPLE_DTYPES = {
-    audio_pb2.AUDIO_ENCODING_PCM_S16LE: np.dtype("<i2"),
-    audio_pb2.AUDIO_ENCODING_PCM_F32LE: np.dtype("<f4"),
-}
-
-
-def decode_chunk(chunk: audio_pb2.AudioChunk, max_chunk_ms: int) -> tuple[np.ndarray, int]:
-    """Validate an AudioChunk and return (float32 mono samples, sample rate)."""
-    if not chunk.HasField("format") or chunk.format.sample_rate_hz == 0:
-        raise AudioError("invalid_audio", "audio chunk needs format.sample_rate_hz")
-    fmt = chunk.format
-    rate = check_sample_rate(fmt.sample_rate_hz)
-    dtype = _SAMPLE_DTYPES.get(fmt.encoding)
-    if dtype is None:
-        raise AudioError("invalid_audio", "format.encoding must be PCM_S16LE or PCM_F32LE")
-    channels = fmt.channels or 1
-    if channels > MAX_CHANNELS:
-        raise AudioError("invalid_audio", f"format.channels must be 1..{MAX_CHANNELS}")
-    frame_bytes = dtype.itemsize * channels
-    if len(chunk.data) % frame_bytes:
-        raise AudioError(
-            "invalid_audio", f"data is not a whole number of {frame_bytes}-byte frames"
-        )
-    samples = len(chunk.data) // frame_bytes
-    if samples * 1000 > max_chunk_ms * rate:
-        raise AudioError("frame_too_large", f"chunk is longer than {max_chunk_ms} ms")
-    pcm = np.frombuffer(chunk.data, dtype=dtype).reshape(samples, channels)
-    if dtype.kind == "i":
-        # Scale before as_float_mono: it averages channels first, which loses the int16 dtype.
-        pcm = pcm.astype(np.float32) / 32768.0
-    return as_float_mono(pcm, allow_empty=True), rate
 
 
 def to_proto(event: VadEvent) -> vad_pb2.SpeechEvent:
