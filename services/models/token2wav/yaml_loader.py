@@ -157,6 +157,8 @@ class _Resolver:
             return text
 
     def lookup(self, path: str) -> Any:
+        """Walk the document along `path`, resolving only the value found (so a node may refer
+        to a sibling inside itself, as `<flow[output_size]>` within `flow`)."""
         parts = [a or b for a, b in _KEY_PATH.findall(path.strip())]
         if not parts or parts[0] not in self.document:
             raise YamlConfigError(f"!ref <{path}> names no top-level key in cosyvoice.yaml")
@@ -164,13 +166,14 @@ class _Resolver:
             raise YamlConfigError(f"!ref <{path}> refers to itself")
         self.in_progress.add(path)
         try:
-            value = self.resolve(self.document[parts[0]])
-            self.document[parts[0]] = value
+            value = self.document[parts[0]]
             for part in parts[1:]:
+                if isinstance(value, _Ref):
+                    value = self.resolve(value)
                 value = _index(value, part, path)
+            return self.resolve(value)
         finally:
             self.in_progress.discard(path)
-        return value
 
 
 def _index(value: Any, part: str, path: str) -> Any:
