@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from services.common.audio import decode_audio_file
 from services.models import layout
@@ -27,7 +28,21 @@ FEED_MS = 20
 def run(
     model_root: Path, *, audio_seconds: float = 10.0, repeats: int = 3, num_threads: int = 1
 ) -> dict[str, float]:
-    """Median timings over ``repeats`` runs on the demo clip looped to ``audio_seconds``."""
+    """Median timings over ``repeats`` runs on the demo clip looped to ``audio_seconds``.
+
+    ``num_threads`` is used for ONNX Runtime and, for the duration of the run, torch.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        return _measure(model_root, audio_seconds, repeats, num_threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure(
+    model_root: Path, audio_seconds: float, repeats: int, num_threads: int
+) -> dict[str, float]:
     tokenizer = AudioTokenizer.from_pretrained(
         resolve_tokenizer_dir(model_root), num_threads=num_threads
     )
@@ -44,6 +59,7 @@ def run(
         "stream_rtf": statistics.median(s for s, _ in streaming) / duration,
         "stream_finish_ms": 1000 * statistics.median(f for _, f in streaming),
         "tokens": float(len(tokenizer.tokenize(samples, rate))),
+        "threads": float(num_threads),
     }
 
 
@@ -73,7 +89,7 @@ def _time_stream(tokenizer: AudioTokenizer, samples: np.ndarray, rate: int) -> t
 
 
 def _print_table(results: dict[str, float], model_dir: str) -> None:
-    print(f"audio tokenizer CPU benchmark ({model_dir})")
+    print(f"audio tokenizer CPU benchmark ({model_dir}, {results['threads']:.0f} thread(s))")
     print(f"  audio            {results['audio_seconds']:.1f} s, {results['tokens']:.0f} ids")
     print("  mode         seconds      RTF")
     print(f"  offline     {results['offline_seconds']:8.3f} {results['offline_rtf']:8.4f}")
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="model root or tokenizer folder")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length to tokenise")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir

@@ -41,7 +41,7 @@ class LinguisticTokenizer:
         self.config = config
         self.frontend = frontend
         self.encoder = encoder.to(device)
-        self.centroids = torch.from_numpy(centroids).to(device)
+        self.centroids = torch.from_numpy(centroids)  # quantised on the CPU, as upstream
         self.device = device
 
     @classmethod
@@ -73,10 +73,10 @@ class LinguisticTokenizer:
         return self.quantize(frames)
 
     def quantize(self, frames: torch.Tensor) -> list[int]:
-        """Nearest centroid by Euclidean distance (the reference's torch.cdist + argmin)."""
+        """Nearest centroid by Euclidean distance (upstream: CPU fp32 torch.cdist + argmin)."""
         with torch.inference_mode():
-            distances = torch.cdist(frames.float(), self.centroids)
-            return distances.argmin(dim=1).cpu().tolist()
+            distances = torch.cdist(frames.float().cpu(), self.centroids)
+            return distances.argmin(dim=1).tolist()
 
     def tokenize(self, samples: np.ndarray) -> list[int]:
         """All codes of a whole clip: full strides, then the remainder as the final stride."""

@@ -192,6 +192,9 @@ def expected_shapes(config: EncoderConfig) -> dict[str, torch.Size]:
 
 
 def build_encoder(config: EncoderConfig, tensors: dict[str, torch.Tensor]) -> SanmEncoder:
-    encoder = SanmEncoder(config)
-    encoder.load_state_dict({k: tensors[k] for k in encoder.state_dict()}, strict=True)
+    """Encoder holding the checkpoint tensors themselves (no random init, no second copy)."""
+    with torch.device("meta"):
+        encoder = SanmEncoder(config)
+    weights = {k: tensors[k].to(torch.float32).contiguous() for k in encoder.state_dict()}
+    encoder.load_state_dict(weights, strict=True, assign=True)
     return encoder.eval().requires_grad_(False)

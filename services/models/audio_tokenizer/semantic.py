@@ -60,7 +60,7 @@ class SemanticTokenizer:
             session = ort.InferenceSession(
                 str(require_file(path)), sess_options=options, providers=providers
             )
-        except (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise CheckpointError(path, f"cannot load ONNX model: {exc}") from exc
         _check_signature(session, path)
         return cls(session, path)
