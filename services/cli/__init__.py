@@ -14,6 +14,9 @@ import sys
 # module names under services.cli, each with register(subparsers)
 COMMAND_MODULES = [
     "models",
+    "serve",
+    "clients",
+    "demo",
     "tokenize",
 ]
 

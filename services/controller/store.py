@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -61,6 +61,7 @@ class Turn:
     text: str = ""
     audio_token_ids: list[int] = field(default_factory=list)
     transcript: str | None = None  # ASR text of a user audio turn, once known
+    transcript_tokens: int | None = None  # LLM tokens of that transcript
     interrupted: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: float = field(default_factory=time.time)
@@ -70,7 +71,9 @@ class Turn:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # newer writers may add fields
 
 
 @dataclass

@@ -1,0 +1,46 @@
+"""`stepaudio demo`: tiny pack (unless a model root is configured), stack, one spoken exchange."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from services.cli.clients import run_chat
+from services.cli.stack import LocalStack, free_port
+from services.models.tiny import ASSETS, write_tiny_pack
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    demo = subparsers.add_parser("demo", help="start the stack and hold one spoken exchange")
+    demo.add_argument("--out", type=Path, default=Path("var/demo"))
+    demo.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out: Path = args.out.resolve()
+    configured = os.environ.get("STEPAUDIO_MODEL_DIR")
+    model_dir = Path(configured) if configured else out / "models" / "tiny"
+    if not configured:
+        print(f"writing the tiny model pack to {model_dir} ...", flush=True)
+        write_tiny_pack(model_dir)
+    stack = LocalStack(
+        model_dir=model_dir.resolve(), workdir=out / "stack", controller_port=free_port()
+    )
+    print("starting the stack ...", flush=True)
+    stack.start()
+    try:
+        print(
+            f"stack ready at {stack.url}; speaking {ASSETS / 'demo_question.wav'} ...", flush=True
+        )
+        summary = asyncio.run(run_chat(stack.url, ASSETS / "demo_question.wav", out / "reply.wav"))
+    finally:
+        stack.stop()
+    print(json.dumps(summary, ensure_ascii=False))
+    if not summary["audio_seconds"]:
+        print("the reply has no audio", flush=True)
+        return 1
+    print(f"reply saved to {out / 'reply.wav'}")
+    return 0

@@ -1,0 +1,61 @@
+"""`stepaudio serve [SERVICE]`: the whole local stack, or one service in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import threading
+from pathlib import Path
+
+from services.cli import CliError
+from services.cli.stack import SERVICES, LocalStack
+
+RUNNABLE = (*SERVICES, "controller")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("serve", help="run the local stack or one service")
+    parser.add_argument("service", nargs="?", choices=RUNNABLE, help="one service only")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(os.environ.get("STEPAUDIO_MODEL_DIR", "models/tiny")),
+        help="model root with the Step-Audio folders (default $STEPAUDIO_MODEL_DIR or models/tiny)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="controller HTTP port")
+    parser.add_argument("--host", default="127.0.0.1", help="controller bind address")
+    parser.add_argument("--workdir", type=Path, default=Path("var/stack"), help="logs, redis data")
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.service:  # one service, configured by its own environment variables
+        runpy.run_module(f"services.{args.service}", run_name="__main__")
+        return 0
+    if not (args.model_dir / "Step-Audio-Chat").is_dir():
+        raise CliError(
+            f"no model pack at {args.model_dir}; write the tiny one with "
+            f"`stepaudio models tiny --out {args.model_dir}` or set STEPAUDIO_MODEL_DIR"
+        )
+    stack = LocalStack(
+        model_dir=args.model_dir.resolve(),
+        workdir=args.workdir.resolve(),
+        host=args.host,
+        controller_port=args.port,
+        redis_url=os.environ.get("CONTROLLER_REDIS__URL"),
+    )
+    print(f"starting the stack (logs in {stack.workdir}) ...", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stack.start()
+    try:
+        print(f"ready: {stack.url}  (browser client at {stack.url}/, Ctrl-C stops)", flush=True)
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+    return 0

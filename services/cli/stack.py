@@ -1,0 +1,168 @@
+"""The local stack: redis-server (unless one is configured), four gRPC services, controller.
+
+Each part runs as its own process (``python -m services.<name>``), configured only through
+environment variables, exactly as a container would be. Stopping sends SIGTERM to all and
+waits; Ctrl-C does the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.models import layout
+
+SERVICES = ("vad", "tokenizer", "llm", "tts")
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode} while starting")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not open port {port} within {timeout_s:.0f} s")
+
+
+def wait_ready(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Poll the controller's /readyz until every service reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the stack was not ready within {timeout_s:.0f} s ({url}/readyz)")
+
+
+@dataclass
+class LocalStack:
+    model_dir: Path
+    workdir: Path
+    host: str = "127.0.0.1"
+    controller_port: int = 8000
+    redis_url: str | None = None
+    log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.controller_port}"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = process
+        return process
+
+    def _base_env(self) -> dict[str, str]:
+        # the shell's settings (LLM_ENGINE=vllm, ...) pass through; the stack sets ports etc.
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start(self) -> LocalStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_redis()
+            self._start_services()
+            self._start_controller()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_redis(self) -> None:
+        if self.redis_url:
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: install it or set CONTROLLER_REDIS__URL")
+        port = free_port()
+        data = self.workdir / "redis"
+        data.mkdir(exist_ok=True)
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                "--appendonly", "yes", "--save", ""]  # fmt: skip
+        wait_for_port(port, self._spawn("redis", args, self._base_env()), "redis-server", 20)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _start_services(self) -> None:
+        for name in SERVICES:
+            port = free_port()
+            self.ports[name] = port
+            prefix = name.upper()
+            env = self._base_env() | {
+                f"{prefix}_PORT": str(port),
+                f"{prefix}_HOST": "127.0.0.1",
+                f"{prefix}_LOG_LEVEL": self.log_level,
+            }
+            if name != "vad":
+                env[f"{prefix}_MODEL_DIR"] = str(self.model_dir)
+            if name == "tts":
+                env["TTS_VOICES_DIR"] = str(self.workdir / "voices")
+            self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
+        if (self.model_dir / layout.AQAA_DIR).is_dir():
+            port = free_port()
+            self.ports["e2e_llm"] = port
+            env = self._base_env() | {
+                "LLM_PORT": str(port),
+                "LLM_MODEL_DIR": str(self.model_dir),
+                "LLM_MODEL_NAME": layout.AQAA_DIR,
+                "LLM_LOG_LEVEL": self.log_level,
+            }
+            self._spawn("e2e_llm", [sys.executable, "-m", "services.llm"], env)
+        for name, port in self.ports.items():
+            wait_for_port(port, self.processes[name], name, START_TIMEOUT_S)
+
+    def _start_controller(self) -> None:
+        env = self._base_env() | {
+            "CONTROLLER_HOST": self.host,
+            "CONTROLLER_PORT": str(self.controller_port),
+            "CONTROLLER_LOG_LEVEL": self.log_level,
+            "CONTROLLER_REDIS__URL": str(self.redis_url),
+        }
+        for name, port in self.ports.items():
+            env[f"CONTROLLER_SERVICES__{name.upper()}"] = f"127.0.0.1:{port}"
+        self._spawn("controller", [sys.executable, "-m", "services.controller"], env)
+        wait_ready(self.url, self.processes, START_TIMEOUT_S)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for process in reversed(list(self.processes.values())):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()

@@ -1,0 +1,30 @@
+"""WS /v1/realtime: admission, then one RealtimeSession per connection."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from services.controller.session import RealtimeSession
+from services.controller.state import ControllerState
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+
+@router.websocket("/v1/realtime")
+async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
+    state: ControllerState = ws.app.state.controller
+    if state.draining or not state.slots.try_acquire():
+        # 1013 "try again later": over the session limit, or this controller is draining
+        await ws.close(code=1013, reason="overloaded" if not state.draining else "draining")
+        return
+    state.metrics.active_sessions.inc()
+    try:
+        await ws.accept()
+        session, resumed, expired = await RealtimeSession.open(ws, state, session_id)
+        await session.run(resumed=resumed, expired=expired)
+    finally:
+        state.slots.release()
+        state.metrics.active_sessions.dec()

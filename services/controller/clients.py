@@ -1,0 +1,62 @@
+"""gRPC channels and stubs from the controller to the four services."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+from stepaudio.serving.v1 import (
+    llm_pb2_grpc,
+    tokenizer_pb2_grpc,
+    tts_pb2_grpc,
+    vad_pb2_grpc,
+)
+
+from services.common.grpc_client import check_health, create_channel
+from services.common.settings import GrpcClientSettings
+from services.controller.config import ControllerSettings
+
+
+@dataclass
+class ServiceClients:
+    channels: dict[str, grpc.aio.Channel]
+    vad: vad_pb2_grpc.VadServiceStub
+    tokenizer: tokenizer_pb2_grpc.TokenizerServiceStub
+    llm: llm_pb2_grpc.LlmServiceStub
+    tts: tts_pb2_grpc.TtsServiceStub
+    e2e_llm: llm_pb2_grpc.LlmServiceStub | None
+
+    @classmethod
+    def connect(cls, settings: ControllerSettings) -> ServiceClients:
+        targets = settings.services.model_dump()
+        channels = {}
+        for name, target in targets.items():
+            if not target:
+                continue
+            client = GrpcClientSettings(
+                target=target,
+                max_message_bytes=settings.grpc_max_message_bytes,
+                keepalive_time_ms=settings.keepalive.time_ms,
+                keepalive_timeout_ms=settings.keepalive.timeout_ms,
+            )
+            channels[name] = create_channel(client)
+        e2e = channels.get("e2e_llm")
+        return cls(
+            channels=channels,
+            vad=vad_pb2_grpc.VadServiceStub(channels["vad"]),
+            tokenizer=tokenizer_pb2_grpc.TokenizerServiceStub(channels["tokenizer"]),
+            llm=llm_pb2_grpc.LlmServiceStub(channels["llm"]),
+            tts=tts_pb2_grpc.TtsServiceStub(channels["tts"]),
+            e2e_llm=llm_pb2_grpc.LlmServiceStub(e2e) if e2e is not None else None,
+        )
+
+    async def health(self, timeout_s: float = 1.0) -> dict[str, bool]:
+        names = list(self.channels)
+        results = await asyncio.gather(
+            *(check_health(self.channels[name], "", timeout_s) for name in names)
+        )
+        return dict(zip(names, results, strict=True))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self.channels.values()))

@@ -1,0 +1,634 @@
+"""One realtime WebSocket session: the turn state machine.
+
+States: listening (no reply) → user speaking (utterance streamed to the tokenizer) →
+responding (a ResponseRunner task) → listening. Speech during a reply is a barge-in: the reply
+task is cancelled (its gRPC calls with it), audio still queued for the client is dropped at
+once, and only what was sent is stored, marked interrupted.
+
+Speculation (Step-Audio): a pause shorter than the end-of-turn silence starts a *held* reply
+on the utterance so far; end of turn commits it (its held audio goes out at once), resumed
+speech discards it (cancelled, nothing sent, nothing stored).
+
+Tasks: a socket reader (this coroutine), one writer draining a bounded outbound queue, the VAD
+event loop, at most one reply and one speculation, and transcription tasks; all are
+cancelled when the socket closes. Context lives in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import grpc
+from fastapi import WebSocket
+from pydantic import ValidationError
+from stepaudio.serving.v1 import llm_pb2, vad_pb2
+
+from services.common.audio import AudioError, pcm16_to_float
+from services.common.errors import ErrorCode, code_from_rpc_error
+from services.controller.context import (
+    SessionSettings,
+    build_messages,
+    transcription_messages,
+)
+from services.controller.input_audio import InputAudio
+from services.controller.protocol import (
+    CLIENT_EVENT,
+    CLIENT_EVENT_TYPES,
+    AudioAppendEvent,
+    AudioClearEvent,
+    AudioCommitEvent,
+    ItemCreateEvent,
+    ResponseCancelEvent,
+    ResponseCreateEvent,
+    SessionUpdateEvent,
+    error_event,
+)
+from services.controller.state import ControllerState
+from services.controller.store import SessionNotFound, Turn
+from services.controller.turn import (
+    E2eUnavailable,
+    ResponsePlan,
+    ResponseProgress,
+    ResponseRunner,
+    ResponseSink,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"[0-9a-f]{32}")
+OUTBOUND_QUEUE = 512  # events; ≈ 10 s of 20 ms audio deltas
+SEND_TIMEOUT_S = 5.0  # a client that does not read for this long is closed (slow consumer)
+_VAD_STARTED = vad_pb2.SpeechEvent.SPEECH_STARTED
+_VAD_PAUSED = vad_pb2.SpeechEvent.SPEECH_PAUSED
+_VAD_RESUMED = vad_pb2.SpeechEvent.SPEECH_RESUMED
+_VAD_STOPPED = vad_pb2.SpeechEvent.SPEECH_STOPPED
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Reply:
+    """A running (or held) response with its bookkeeping."""
+
+    def __init__(self, response_id: str, sink: ResponseSink, speculative: bool) -> None:
+        self.response_id = response_id
+        self.sink = sink
+        self.progress = sink.progress
+        self.speculative = speculative
+        self.task: asyncio.Task[None] | None = None
+        self.user_turn: Turn | None = None  # the turn this reply answers (stored on commit)
+        self.end_of_speech = time.monotonic()
+
+
+class RealtimeSession:
+    def __init__(
+        self, ws: WebSocket, state: ControllerState, session_id: str, settings: SessionSettings,
+        turns: list[Turn],
+    ) -> None:  # fmt: skip
+        self.ws = ws
+        self.state = state
+        self.session_id = session_id
+        self.settings = settings
+        self.turns = turns
+        self.audio = InputAudio(state.clients, state.settings.rpc_timeout_s)
+        self.audio.set_input_rate(settings.input_sample_rate_hz)
+        self._outbound: asyncio.Queue[tuple[dict[str, Any] | bytes, str | None]] = asyncio.Queue(
+            maxsize=OUTBOUND_QUEUE
+        )
+        self._dropped_responses: set[str] = set()
+        self.reply: Reply | None = None
+        self.speculation: Reply | None = None
+        self._vad_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._protocol_errors = 0
+        self._user_speaking = False
+        self.closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, ws: WebSocket, state: ControllerState, session_id: str | None
+    ) -> tuple[RealtimeSession, bool, bool]:
+        """Resume ``session_id`` from Redis or start a new session.
+
+        Returns (session, resumed, expired): ``expired`` when the asked-for id was not found.
+        """
+        defaults = SessionSettings.from_defaults(state.settings.turn)
+        if session_id and SESSION_ID.fullmatch(session_id):
+            try:
+                record = await state.store.load(session_id)
+                settings = defaults.merged(record.settings)
+                return cls(ws, state, session_id, settings, record.turns), True, False
+            except SessionNotFound:
+                pass
+        new_id = await state.store.create(defaults.to_dict())
+        return cls(ws, state, new_id, defaults, []), False, bool(session_id)
+
+    async def run(self, *, resumed: bool, expired: bool) -> None:
+        writer = asyncio.create_task(self._writer(), name=f"ws-writer-{self.session_id}")
+        try:
+            if expired:
+                await self.send(
+                    error_event("session_expired", "no such session; a new one started")
+                )
+            await self.send(
+                {"type": "session.created", "resumed": resumed, "session": self._describe()}
+            )
+            self._restart_vad()
+            if self.settings.turn_detection == "none":
+                self.audio.start_utterance(None, stream_tokens=False)
+            await self._read_loop(writer)
+        finally:
+            self.closed = True
+            await self._shutdown(writer)
+
+    async def _shutdown(self, writer: asyncio.Task[None]) -> None:
+        tasks = [t for t in (self._vad_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if self.speculation is not None:
+            await self._discard_speculation("disconnect")
+        if self.reply is not None:
+            await self._interrupt_reply("disconnect")
+        await self.audio.abandon_utterance()
+        writer.cancel()
+        await asyncio.gather(*tasks, writer, return_exceptions=True)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"id": self.session_id, **self.settings.to_dict(), "turns": len(self.turns)}
+
+    # -- outbound --------------------------------------------------------------------------
+
+    async def send(self, event: dict[str, Any] | bytes, response_id: str | None = None) -> None:
+        if self.closed:
+            return
+        try:
+            await asyncio.wait_for(self._outbound.put((event, response_id)), SEND_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("slow consumer session=%s: closing", self.session_id)
+            self.closed = True
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=1008, reason="slow_consumer")
+
+    async def _writer(self) -> None:
+        while True:
+            event, response_id = await self._outbound.get()
+            if response_id is not None and response_id in self._dropped_responses:
+                continue  # audio of an interrupted reply: never reaches the client
+            if isinstance(event, bytes):
+                await self.ws.send_bytes(event)
+            else:
+                await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+
+    def _drop(self, response_id: str) -> None:
+        self._dropped_responses.add(response_id)
+        if len(self._dropped_responses) > 64:  # only recent replies can still have queued events
+            self._dropped_responses.pop()
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    async def _read_loop(self, writer: asyncio.Task[None]) -> None:
+        idle_timeout = self.state.settings.limits.idle_timeout_s
+        while not self.closed and not writer.done():
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), idle_timeout)
+            except TimeoutError:
+                await self.ws.close(code=1000, reason="idle")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                if message.get("bytes") is not None:
+                    self._on_audio(message["bytes"])
+                else:
+                    await self._on_text(message.get("text") or "")
+                self._protocol_errors = 0
+            except ProtocolError as exc:
+                await self._protocol_error(exc.code, str(exc))
+                if self._protocol_errors > self.state.settings.limits.max_protocol_errors:
+                    await self.ws.close(code=1008, reason="too many protocol errors")
+                    return
+        if writer.done() and writer.exception() is not None:
+            log.info("writer ended session=%s: %s", self.session_id, writer.exception())
+
+    async def _protocol_error(self, code: str, message: str, event_type: str | None = None) -> None:
+        self._protocol_errors += 1
+        self.state.metrics.record_error(code)
+        await self.send(error_event(code, message, event_type))
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc.msg}") from exc
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            raise ProtocolError(ErrorCode.INVALID_EVENT, "an event is a JSON object with a type")
+        if raw["type"] not in CLIENT_EVENT_TYPES:
+            raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event type {raw['type']!r}")
+        try:
+            event = CLIENT_EVENT.validate_python(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"][1:])
+            raise ProtocolError(ErrorCode.INVALID_EVENT, f"{where}: {first['msg']}") from exc
+        await self._dispatch(event)
+
+    async def _dispatch(self, event: object) -> None:
+        match event:
+            case AudioAppendEvent(audio=audio):
+                try:
+                    data = base64.b64decode(audio, validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise ProtocolError(ErrorCode.INVALID_AUDIO, "audio is not base64") from exc
+                self._on_audio(data)
+            case SessionUpdateEvent(session=update):
+                await self._update_session(update)
+            case AudioCommitEvent():
+                await self._commit_audio()
+            case AudioClearEvent():
+                await self.audio.abandon_utterance()
+                await self.send({"type": "input_audio_buffer.cleared"})
+            case ItemCreateEvent(item=item):
+                await self._create_text_item("".join(part.text for part in item.content))
+            case ResponseCreateEvent():
+                await self._start_reply(time.monotonic())
+            case ResponseCancelEvent():
+                if self.reply is not None:
+                    await self._interrupt_reply("client")
+
+    def _on_audio(self, data: bytes) -> None:
+        limit = self.state.settings.limits.max_frame_bytes
+        if len(data) > limit:
+            raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame over {limit} bytes")
+        try:
+            samples = pcm16_to_float(data)
+        except AudioError as exc:
+            raise ProtocolError(exc.code, str(exc)) from exc
+        self.audio.push(samples)
+        too_long = self.audio.utterance_samples > self.state.settings.limits.max_turn_s * 16_000
+        if self.audio.capturing and too_long:  # a turn that never ends is committed as is
+            self._spawn(self._commit_audio())
+
+    # -- session settings --------------------------------------------------------------------
+
+    async def _update_session(self, update: Any) -> None:
+        candidate = SessionSettings(**self.settings.to_dict())
+        changed = candidate.apply(update)
+        if "pipeline" in changed and candidate.pipeline == "end_to_end":
+            if self.state.clients.e2e_llm is None:
+                raise ProtocolError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    "end_to_end needs an end-to-end LLM; this deployment has none",
+                )
+        self.settings = candidate
+        if changed & {"input_sample_rate_hz"}:
+            self.audio.set_input_rate(candidate.input_sample_rate_hz)
+        vad_fields = {"turn_detection", "silence_ms", "min_speech_ms", "vad_threshold"}
+        if changed & (vad_fields | {"speculate_after_ms", "speculative"}):
+            self._restart_vad()
+        if "turn_detection" in changed:
+            await self.audio.abandon_utterance()
+            if candidate.turn_detection == "none":  # push-to-talk: everything until commit
+                self.audio.start_utterance(None, stream_tokens=False)
+        await self.state.store.save_settings(self.session_id, candidate.to_dict())
+        await self.send({"type": "session.updated", "session": self._describe()})
+
+    # -- VAD-driven turn detection -----------------------------------------------------------
+
+    def _restart_vad(self) -> None:
+        if self._vad_task is not None:
+            self._vad_task.cancel()
+        self._vad_task = None
+        if self.settings.turn_detection == "server_vad":
+            self._vad_task = asyncio.create_task(self._vad_loop(), name=f"vad-{self.session_id}")
+
+    async def _vad_loop(self) -> None:
+        s = self.settings
+        config = vad_pb2.VadConfig(
+            threshold=s.vad_threshold,
+            min_speech_ms=s.min_speech_ms,
+            min_silence_ms=s.silence_ms,
+            pause_ms=s.speculate_after_ms
+            if s.speculative and s.speculate_after_ms < s.silence_ms
+            else 0,
+        )
+        try:
+            async for event in self.audio.vad_events(config):
+                await self._on_vad_event(event)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                code = code_from_rpc_error(exc, "vad")
+                self.state.metrics.record_error(code)
+                await self.send(
+                    error_event(code, f"voice activity detection failed: {exc.details()}")
+                )
+
+    async def _on_vad_event(self, event: vad_pb2.SpeechEvent) -> None:
+        if event.kind == _VAD_STARTED:
+            await self._on_speech_started(event)
+        elif event.kind == _VAD_PAUSED:
+            self._on_pause()
+        elif event.kind == _VAD_RESUMED:
+            if self.speculation is not None:
+                await self._discard_speculation("resumed")
+        elif event.kind == _VAD_STOPPED and self._user_speaking:
+            await self.send(
+                {
+                    "type": "input_audio_buffer.speech_stopped",
+                    "audio_end_ms": self._ms(event.audio_ms),
+                }
+            )
+            await self._commit_audio()
+
+    def _ms(self, vad_ms: int) -> int:
+        return self.audio.session_sample(vad_ms) * 1000 // 16_000
+
+    async def _on_speech_started(self, event: vad_pb2.SpeechEvent) -> None:
+        if self.reply is not None:  # barge-in
+            self._drop(self.reply.response_id)  # its queued audio never leaves
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": self._ms(event.audio_ms),
+            }
+        )
+        if self.reply is not None:
+            await self._interrupt_reply("barge_in")
+        self._user_speaking = True
+        self.audio.start_utterance(self.audio.session_sample(event.audio_ms), stream_tokens=True)
+
+    def _on_pause(self) -> None:
+        if not self.settings.speculative or self.speculation is not None or self.reply is not None:
+            return
+        if not self.state.speculation.has_room():
+            self.state.metrics.speculations.labels(outcome="shed").inc()
+            return
+        audio = self.audio.utterance_audio()
+        if audio.size < 16_000 * self.settings.min_speech_ms // 1000:
+            return
+        reply = self._new_reply(time.monotonic(), speculative=True)
+        self.speculation = reply
+        reply.task = asyncio.create_task(self._run_speculation(reply, audio))
+        self.state.speculation.track(reply.task)
+        self.state.metrics.speculations.labels(outcome="started").inc()
+
+    async def _run_speculation(self, reply: Reply, audio: Any) -> None:
+        reply.progress.mark("speculation_started")
+        token_ids = await self.audio.tokenize(audio)
+        if not token_ids:
+            return
+        await self._respond(reply, Turn(role="user", audio_token_ids=token_ids))
+
+    async def _discard_speculation(self, reason: str) -> None:
+        spec, self.speculation = self.speculation, None
+        if spec is None or spec.task is None:
+            return
+        self._drop(spec.response_id)
+        spec.task.cancel()
+        await asyncio.gather(spec.task, return_exceptions=True)
+        self.state.metrics.speculations.labels(outcome="discarded").inc()
+        log.info("speculation discarded session=%s reason=%s", self.session_id, reason)
+
+    # -- committing user input ---------------------------------------------------------------
+
+    async def _commit_audio(self) -> None:
+        """End of the user's turn (VAD silence, manual commit or the length cap)."""
+        if not self.audio.capturing and self.settings.turn_detection == "server_vad":
+            return
+        self._user_speaking = False
+        end_of_speech = time.monotonic()
+        try:
+            token_ids, _ = await self.audio.end_utterance()
+        except grpc.aio.AioRpcError as exc:
+            await self._service_error(exc, "tokenizer")
+            return
+        self.state.metrics.tokenizer_tail.observe(time.monotonic() - end_of_speech)
+        if self.settings.turn_detection != "server_vad":
+            self.audio.start_utterance(None, stream_tokens=False)  # push-to-talk keeps capturing
+        if not token_ids:
+            await self.send(
+                error_event(ErrorCode.EMPTY_AUDIO, "the committed audio holds no speech")
+            )
+            return
+        turn = Turn(role="user", audio_token_ids=token_ids)
+        await self._store_turn(turn)
+        await self.send({"type": "input_audio_buffer.committed", "item_id": turn.id})
+        await self.send({"type": "conversation.item.created", "item": self._item(turn)})
+        if self.settings.transcribe:
+            self._spawn(self._transcribe(turn))
+        if self.settings.turn_detection == "server_vad":
+            if self.speculation is not None:
+                await self._commit_speculation(end_of_speech)
+            else:
+                await self._start_reply(end_of_speech)
+
+    async def _create_text_item(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            raise ProtocolError(ErrorCode.EMPTY_TEXT, "the item has no text")
+        limit = self.state.settings.limits.max_text_chars
+        if len(text) > limit:
+            raise ProtocolError(ErrorCode.TEXT_TOO_LONG, f"text is over {limit} characters")
+        turn = Turn(role="user", text=text)
+        await self._store_turn(turn)
+        await self.send({"type": "conversation.item.created", "item": self._item(turn)})
+
+    @staticmethod
+    def _item(turn: Turn) -> dict[str, Any]:
+        content: dict[str, Any] = {"type": "input_text", "text": turn.text}
+        if turn.audio_token_ids:
+            content = {"type": "input_audio", "audio_tokens": len(turn.audio_token_ids)}
+        return {"id": turn.id, "type": "message", "role": turn.role, "content": [content]}
+
+    async def _store_turn(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        try:
+            await self.state.store.append_turn(self.session_id, turn)
+        except SessionNotFound:  # expired mid-session: start it again with what we have
+            await self.state.store.create(self.settings.to_dict(), self.session_id)
+            for stored in self.turns:
+                await self.state.store.append_turn(self.session_id, stored)
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _new_reply(self, end_of_speech: float, *, speculative: bool) -> Reply:
+        response_id = f"resp_{uuid.uuid4().hex[:20]}"
+        limits = self.state.settings.limits
+        sink = ResponseSink(
+            self.send,
+            response_id,
+            output_rate_hz=self.settings.output_sample_rate_hz,
+            binary_audio=self.settings.output_transport == "binary",
+            lead_s=limits.output_lead_ms / 1000,
+            held=speculative,
+            progress=ResponseProgress(),
+        )
+        reply = Reply(response_id, sink, speculative)
+        reply.end_of_speech = end_of_speech
+        return reply
+
+    async def _start_reply(self, end_of_speech: float) -> None:
+        if self.reply is not None:
+            await self.send(
+                error_event(ErrorCode.INVALID_EVENT, "a response is already in progress")
+            )
+            return
+        if not self.turns or self.turns[-1].role != "user":
+            await self.send(error_event(ErrorCode.INVALID_EVENT, "nothing to respond to"))
+            return
+        reply = self._new_reply(end_of_speech, speculative=False)
+        self.reply = reply
+        reply.task = asyncio.create_task(self._respond(reply, None))
+
+    async def _commit_speculation(self, end_of_speech: float) -> None:
+        spec, self.speculation = self.speculation, None
+        assert spec is not None and spec.task is not None
+        if spec.task.done() and (spec.task.cancelled() or spec.task.exception() is not None):
+            await self._start_reply(end_of_speech)
+            return
+        spec.end_of_speech = end_of_speech
+        spec.speculative = True
+        self.reply = spec
+        self.state.metrics.speculations.labels(outcome="committed").inc()
+        await spec.sink.release()
+
+    async def _respond(self, reply: Reply, speculative_turn: Turn | None) -> None:
+        """Run one response; for a speculation, ``speculative_turn`` is its (unstored) input."""
+        history = list(self.turns)
+        if speculative_turn is not None:
+            history.append(speculative_turn)
+        messages, stats = build_messages(
+            self.settings.system_prompt, history, self.settings.audio_turns_kept
+        )
+        self.state.metrics.context_audio_tokens_replaced.inc(stats.audio_tokens_replaced)
+        self.state.metrics.context_transcript_tokens.inc(stats.transcript_tokens)
+        turn = self.state.settings.turn
+        plan = ResponsePlan(
+            response_id=reply.response_id,
+            pipeline=self.settings.pipeline,
+            messages=messages,
+            voice=self.settings.voice,
+            temperature=self.settings.temperature,
+            max_tokens=self.settings.max_reply_tokens,
+            max_prompt_tokens=turn.context_token_budget,
+            rpc_timeout_s=self.state.settings.rpc_timeout_s,
+        )
+        await reply.sink.event({"type": "response.created", "response": {"id": reply.response_id}})
+        status, error = "completed", None
+        try:
+            await ResponseRunner(self.state.clients, plan, reply.sink).run()
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            status, error = "failed", exc
+        except E2eUnavailable as exc:
+            status = "failed"
+            await reply.sink.event(error_event(exc.code, str(exc)))
+        if reply.speculative and reply.sink.held:
+            await reply.sink.released.wait()  # a held reply finishes only once committed
+        if error is not None:
+            await self._service_error(error, "llm")
+        await self._finish_reply(reply, status)
+
+    async def _finish_reply(self, reply: Reply, status: str, interrupted: bool = False) -> None:
+        """Store the assistant turn (what was sent) and report response.done."""
+        progress = reply.progress
+        text = (
+            progress.text_sent if interrupted else (progress.text_sent or progress.text_generated)
+        )
+        if text or interrupted:
+            await self._store_turn(Turn(role="assistant", text=text, interrupted=interrupted))
+        timings = progress.timings_ms(reply.end_of_speech)
+        self._observe(reply, timings)
+        done = {
+            "type": "response.done",
+            "response": {
+                "id": reply.response_id,
+                "status": status,
+                "speculative": reply.speculative,
+                "pipeline": self.settings.pipeline,
+                "text": text,
+                "audio_seconds": round(progress.audio_seconds_sent, 3),
+                "timings_ms": timings,
+            },
+        }
+        self.state.metrics.responses.labels(status=status).inc()
+        if self.reply is reply:
+            self.reply = None
+        await self.send(done)  # after the reply's audio: the writer keeps the order
+
+    def _observe(self, reply: Reply, timings: dict[str, float]) -> None:
+        m = self.state.metrics
+        for stage, histogram in (
+            ("first_audio", m.time_to_first_audio),
+            ("llm_first_token", m.llm_first_token),
+            ("tts_first_chunk", m.tts_first_chunk),
+        ):
+            if stage in timings:
+                histogram.observe(max(0.0, timings[stage] / 1000))
+        if reply.speculative and "first_audio" in timings:
+            m.speculative_first_audio.observe(max(0.0, timings["first_audio"] / 1000))
+
+    async def _interrupt_reply(self, reason: str) -> None:
+        reply, self.reply = self.reply, None
+        if reply is None or reply.task is None:
+            return
+        self._drop(reply.response_id)
+        reply.task.cancel()
+        await asyncio.gather(reply.task, return_exceptions=True)
+        log.info("reply interrupted session=%s reason=%s", self.session_id, reason)
+        await self._finish_reply(reply, "cancelled", interrupted=True)
+
+    async def _service_error(self, exc: grpc.aio.AioRpcError, service: str) -> None:
+        code = code_from_rpc_error(exc, service)
+        self.state.metrics.record_error(code)
+        await self.send(error_event(code, f"{service}: {exc.details() or exc.code().name}"))
+
+    # -- transcription (off the critical path) ----------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _transcribe(self, turn: Turn) -> None:
+        request = llm_pb2.GenerateRequest(
+            request_id=f"asr_{turn.id}",
+            chat=llm_pb2.ChatPrompt(messages=transcription_messages(turn.audio_token_ids)),
+            sampling=llm_pb2.SamplingParams(temperature=0.0, max_tokens=256),
+        )
+        text, completion_tokens = "", 0
+        try:
+            async for reply in self.state.clients.llm.Generate(
+                request, timeout=self.state.settings.rpc_timeout_s
+            ):
+                text += reply.text
+                completion_tokens = reply.completion_tokens or completion_tokens
+        except grpc.aio.AioRpcError as exc:
+            self.state.metrics.transcriptions.labels(outcome="failed").inc()
+            log.info("transcription failed session=%s: %s", self.session_id, exc.code().name)
+            return
+        turn.transcript = text.strip()
+        turn.transcript_tokens = completion_tokens
+        await self.state.store.update_turn(self.session_id, turn)
+        self.state.metrics.transcriptions.labels(outcome="completed").inc()
+        await self.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": turn.id,
+                "transcript": turn.transcript,
+            }
+        )

@@ -1,0 +1,342 @@
+"""One assistant response: LLM → (clauses) → TTS → paced audio out, as a task.
+
+Two pipelines share the output side:
+  cascade     Chat LLM text → first complete clause → TTS Synthesize (per clause, in order)
+  end_to_end  AQAA-style LLM ids → text ids as text deltas, whole 5-id audio groups → TTS Vocode
+A response can be *held* (speculative): its events are buffered, TTS stops after the first
+clause, and nothing reaches the client until ``release()``; ``discard`` is a plain cancel.
+Cancelling the task cancels the in-flight gRPC calls, so the services see the cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from stepaudio.serving.v1 import audio_pb2, llm_pb2, tts_pb2
+
+from services.common.audio import StreamResampler, float_to_pcm16
+from services.controller.clients import ServiceClients
+from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE, is_audio_id
+
+# A clause ends at sentence or clause punctuation (CJK and Latin) followed by space or end.
+_CLAUSE_END = re.compile(r"[。！？；!?;]|[,，、:：](?=\s|$)|[.](?=\s|$)")
+MIN_FIRST_CLAUSE_CHARS = 2
+MAX_CLAUSE_CHARS = 120
+
+
+class ClauseSplitter:
+    """Cuts streamed text into speakable clauses as soon as each one is complete."""
+
+    def __init__(self, min_chars: int = MIN_FIRST_CLAUSE_CHARS) -> None:
+        self._buffer = ""
+        self._min_chars = min_chars
+
+    def push(self, text: str) -> list[str]:
+        self._buffer += text
+        clauses = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                return clauses
+            clause, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
+            if clause:
+                clauses.append(clause)
+
+    def _find_cut(self) -> int | None:
+        for match in _CLAUSE_END.finditer(self._buffer):
+            if len(self._buffer[: match.end()].strip()) >= self._min_chars:
+                return match.end()
+        if len(self._buffer) >= MAX_CLAUSE_CHARS:
+            space = self._buffer.rfind(" ", 0, MAX_CLAUSE_CHARS)
+            return space + 1 if space > 0 else MAX_CLAUSE_CHARS
+        return None
+
+    def flush(self) -> list[str]:
+        clause, self._buffer = self._buffer.strip(), ""
+        return [clause] if clause else []
+
+
+Send = Callable[[dict[str, Any] | bytes, str | None], Awaitable[None]]
+
+
+@dataclass
+class ResponseProgress:
+    """What the client actually got, for the stored turn and response.done."""
+
+    text_generated: str = ""
+    spoken_clauses: list[str] = field(default_factory=list)  # clauses whose audio was sent
+    audio_seconds_sent: float = 0.0
+    audio_token_ids: int = 0
+    marks: dict[str, float] = field(default_factory=dict)  # stage → monotonic time (first)
+
+    def mark(self, stage: str) -> None:
+        self.marks.setdefault(stage, time.monotonic())
+
+    def timings_ms(self, origin: float) -> dict[str, float]:
+        """Stage times relative to ``origin`` (end of speech); negative = before it."""
+        return {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()}
+
+    @property
+    def text_sent(self) -> str:
+        return " ".join(self.spoken_clauses) if self.spoken_clauses else ""
+
+
+class ResponseSink:
+    """Sends (or holds) one response's events; paces audio to real time plus a lead."""
+
+    def __init__(
+        self,
+        send: Send,
+        response_id: str,
+        *,
+        output_rate_hz: int,
+        binary_audio: bool,
+        lead_s: float,
+        held: bool,
+        progress: ResponseProgress,
+    ) -> None:
+        self._send = send
+        self.response_id = response_id
+        self.output_rate_hz = output_rate_hz
+        self.binary_audio = binary_audio
+        self.lead_s = lead_s
+        self.held = held
+        self.released = asyncio.Event()
+        if not held:
+            self.released.set()
+        self.progress = progress
+        self._held_events: list[tuple[dict[str, Any] | bytes, float]] = []
+        self._playback_start: float | None = None
+
+    def mark(self, stage: str) -> None:
+        self.progress.mark(stage)
+
+    async def event(self, event: dict[str, Any]) -> None:
+        if self.held:
+            self._held_events.append((event, 0.0))
+        else:
+            await self._send(event, self.response_id)
+
+    async def text_delta(self, delta: str) -> None:
+        await self.event(
+            {"type": "response.text.delta", "response_id": self.response_id, "delta": delta}
+        )
+
+    async def audio(self, pcm: np.ndarray, clause: str | None) -> None:
+        """float32 mono at the output rate."""
+        if not pcm.size:
+            return
+        seconds = pcm.size / self.output_rate_hz
+        payload = self._audio_payload(pcm)
+        if self.held:
+            self._held_events.append((payload, seconds))
+            if clause is not None and clause not in self.progress.spoken_clauses[-1:]:
+                self.progress.spoken_clauses.append(clause)
+            return
+        await self._send_audio(payload, seconds)
+        if clause is not None and clause not in self.progress.spoken_clauses[-1:]:
+            self.progress.spoken_clauses.append(clause)
+
+    def _audio_payload(self, pcm: np.ndarray) -> dict[str, Any] | bytes:
+        data = float_to_pcm16(pcm)
+        if self.binary_audio:
+            return data
+        return {
+            "type": "response.audio.delta",
+            "response_id": self.response_id,
+            "delta": base64.b64encode(data).decode("ascii"),
+            "sample_rate_hz": self.output_rate_hz,
+        }
+
+    async def _send_audio(self, payload: dict[str, Any] | bytes, seconds: float) -> None:
+        now = time.monotonic()
+        if self._playback_start is None:
+            self._playback_start = now
+            self.mark("first_audio")
+        ahead = self._playback_start + self.progress.audio_seconds_sent - self.lead_s - now
+        if ahead > 0:  # the client has enough buffered: wait, so an interruption loses little
+            await asyncio.sleep(ahead)
+        await self._send(payload, self.response_id)
+        self.progress.audio_seconds_sent += seconds
+
+    async def release(self) -> None:
+        """Commit a held response: flush what it made at once, then stream live."""
+        self.held = False
+        held, self._held_events = self._held_events, []
+        self.progress.audio_seconds_sent = 0.0
+        for payload, seconds in held:
+            if seconds:
+                await self._send_audio(payload, seconds)
+            else:
+                await self._send(payload, self.response_id)
+        self.released.set()
+
+
+@dataclass
+class ResponsePlan:
+    response_id: str
+    pipeline: str
+    messages: list[llm_pb2.ChatMessage]
+    voice: str
+    temperature: float
+    max_tokens: int
+    max_prompt_tokens: int
+    rpc_timeout_s: float
+    seed: int | None = None
+
+
+def pcm_from_chunk(chunk: audio_pb2.AudioChunk) -> np.ndarray:
+    if chunk.format.encoding == audio_pb2.AUDIO_ENCODING_PCM_F32LE:
+        return np.frombuffer(chunk.data, dtype="<f4").astype(np.float32)
+    return np.frombuffer(chunk.data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class ResponseRunner:
+    def __init__(self, clients: ServiceClients, plan: ResponsePlan, sink: ResponseSink) -> None:
+        self.clients = clients
+        self.plan = plan
+        self.sink = sink
+        self.progress = sink.progress
+        self._resampler: StreamResampler | None = None
+
+    async def run(self) -> None:
+        if self.plan.pipeline == "end_to_end":
+            await self._run_end_to_end()
+        else:
+            await self._run_cascade()
+
+    def _generate_request(self) -> llm_pb2.GenerateRequest:
+        sampling = llm_pb2.SamplingParams(
+            temperature=self.plan.temperature, max_tokens=self.plan.max_tokens
+        )
+        if self.plan.seed is not None:
+            sampling.seed = self.plan.seed
+        return llm_pb2.GenerateRequest(
+            request_id=self.plan.response_id,
+            chat=llm_pb2.ChatPrompt(messages=self.plan.messages),
+            sampling=sampling,
+            max_prompt_tokens=self.plan.max_prompt_tokens,
+        )
+
+    async def _llm_stream(self, stub: Any) -> AsyncIterator[llm_pb2.GenerateResponse]:
+        call = stub.Generate(self._generate_request(), timeout=self.plan.rpc_timeout_s)
+        async for reply in call:
+            if reply.token_ids:
+                self.sink.mark("llm_first_token")
+            yield reply
+
+    # -- cascade ---------------------------------------------------------------------------
+
+    async def _run_cascade(self) -> None:
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+        speaker = asyncio.create_task(self._speak_clauses(clauses))
+        try:
+            splitter = ClauseSplitter()
+            async for reply in self._llm_stream(self.clients.llm):
+                if reply.text:
+                    self.progress.text_generated += reply.text
+                    await self.sink.text_delta(reply.text)
+                    for clause in splitter.push(reply.text):
+                        self.sink.mark("first_clause")
+                        await clauses.put(clause)
+            for clause in splitter.flush():
+                await clauses.put(clause)
+            await clauses.put(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _speak_clauses(self, clauses: asyncio.Queue[str | None]) -> None:
+        index = 0
+        while (clause := await clauses.get()) is not None:
+            if index > 0:  # a held (speculative) response speaks only its first clause
+                await self.sink.released.wait()
+            await self._synthesize(clause)
+            index += 1
+
+    async def _synthesize(self, clause: str) -> None:
+        request = tts_pb2.SynthesizeRequest(
+            request_id=f"{self.plan.response_id}-{len(self.progress.spoken_clauses)}",
+            text=clause,
+            voice=self.plan.voice,
+            options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz),
+        )
+        async for reply in self.clients.tts.Synthesize(request, timeout=self.plan.rpc_timeout_s):
+            if reply.audio.data:
+                self.sink.mark("tts_first_chunk")
+                await self.sink.audio(self._to_output(reply.audio), clause)
+
+    def _to_output(self, chunk: audio_pb2.AudioChunk) -> np.ndarray:
+        rate = chunk.format.sample_rate_hz
+        if self._resampler is None or self._resampler.from_hz != rate:
+            self._resampler = StreamResampler(rate, self.sink.output_rate_hz)
+        return self._resampler.process(pcm_from_chunk(chunk))
+
+    # -- end to end ------------------------------------------------------------------------
+
+    async def _run_end_to_end(self) -> None:
+        if self.clients.e2e_llm is None:
+            raise E2eUnavailable(
+                "this deployment has no end-to-end LLM (CONTROLLER_SERVICES__E2E_LLM)"
+            )
+        groups: asyncio.Queue[list[int] | None] = asyncio.Queue(maxsize=256)
+        vocoder = asyncio.create_task(self._vocode(groups))
+        try:
+            pending: list[int] = []
+            async for reply in self._llm_stream(self.clients.e2e_llm):
+                if reply.text:
+                    self.progress.text_generated += reply.text
+                    await self.sink.text_delta(reply.text)
+                pending += [i for i in reply.token_ids if is_audio_id(i)]
+                whole = len(pending) - len(pending) % GROUP_SIZE
+                if whole:
+                    self.progress.audio_token_ids += whole
+                    await groups.put(pending[:whole])
+                    pending = pending[whole:]
+            await groups.put(None)  # an incomplete trailing group is dropped, as upstream
+            await vocoder
+        finally:
+            if not vocoder.done():
+                vocoder.cancel()
+                await asyncio.gather(vocoder, return_exceptions=True)
+
+    async def _vocode(self, groups: asyncio.Queue[list[int] | None]) -> None:
+        async def requests() -> AsyncIterator[tts_pb2.VocodeRequest]:
+            config = tts_pb2.VocodeRequest.VocodeConfig(
+                request_id=self.plan.response_id,
+                voice=self.plan.voice,
+                options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz),
+            )
+            yield tts_pb2.VocodeRequest(config=config)
+            while (ids := await groups.get()) is not None:
+                yield tts_pb2.VocodeRequest(tokens=tts_pb2.VocodeRequest.AudioTokens(token_ids=ids))
+
+        call = self.clients.tts.Vocode(requests(), timeout=self.plan.rpc_timeout_s)
+        async for reply in call:
+            if reply.audio.data:
+                self.sink.mark("tts_first_chunk")
+                await self.sink.audio(self._to_output(reply.audio), self.progress.text_generated)
+
+
+class E2eUnavailable(RuntimeError):
+    code = "llm_unavailable"
+
+
+__all__ = [
+    "AUDIO_ID_OFFSET",
+    "ClauseSplitter",
+    "E2eUnavailable",
+    "ResponsePlan",
+    "ResponseProgress",
+    "ResponseRunner",
+    "ResponseSink",
+]
