@@ -1,4 +1,4 @@
-"""Test helpers: in-process gRPC services on port 0, audio chunking, VAD streaming."""
+"""Test helpers: in-process gRPC services on port 0, audio chunking, VAD/tokenizer streaming."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-from stepaudio.serving.v1 import audio_pb2, vad_pb2, vad_pb2_grpc
+from stepaudio.serving.v1 import (
+    audio_pb2,
+    tokenizer_pb2,
+    tokenizer_pb2_grpc,
+    vad_pb2,
+    vad_pb2_grpc,
+)
 
 from services.common.audio import decode_audio_file, float_to_pcm16
 from services.common.grpc_client import create_channel
@@ -116,3 +122,26 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> N
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+async def tokenize_stream(
+    channel: grpc.aio.Channel,
+    chunks: Sequence[audio_pb2.AudioChunk],
+    timeout_s: float = 30.0,
+) -> list[tokenizer_pb2.TokenizeStreamResponse]:
+    """Send every chunk on one TokenizeStream, half-close, collect every response."""
+    call = tokenizer_pb2_grpc.TokenizerServiceStub(channel).TokenizeStream(timeout=timeout_s)
+    await call.initial_metadata()  # admitted (or rejected) before we write: no write race
+    try:
+        for chunk in chunks:
+            await call.write(tokenizer_pb2.TokenizeStreamRequest(audio=chunk))
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the server ended the call early; reading below raises its status
+    return [response async for response in call]
+
+
+def metric(running: RunningService, name: str, **labels: str) -> float:
+    """A sample of the running service's own registry (0 when never recorded)."""
+    value = running.handle.service.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
