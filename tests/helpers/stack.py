@@ -1,0 +1,116 @@
+"""The whole stack in-process: four gRPC services on port 0 + the controller under uvicorn.
+
+Everything runs in the test's event loop (engines on their own threads), so tests can read
+each service's metrics registry and engine state directly — e.g. to prove that a barge-in's
+cancellation reached the LLM and TTS services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from services.common.grpc_server import serve
+from services.controller.app import create_app
+from services.controller.config import ControllerSettings
+from services.llm.config import LlmSettings
+from services.llm.server import LlmService
+from services.tokenizer.config import TokenizerSettings
+from services.tokenizer.server import TokenizerService
+from services.tts.config import TtsSettings
+from services.tts.server import TtsService
+from services.vad.config import VadSettings
+from services.vad.server import VadService
+from tests.helpers.grpc import TEST_SERVER_SETTINGS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    services: dict[str, Any]
+    controller_registry: CollectorRegistry
+    app: Any
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        registry = (
+            self.controller_registry
+            if service == "controller"
+            else self.services[service].registry
+        )
+        return registry.get_sample_value(name, labels or None) or 0.0
+
+
+@asynccontextmanager
+async def running_stack(
+    model_dir: Path,
+    redis_url: str,
+    workdir: Path,
+    *,
+    controller: dict[str, Any] | None = None,
+    e2e: bool = False,
+) -> AsyncIterator[Stack]:
+    """Start VAD, tokenizer, LLM (+ an end-to-end LLM), TTS and the controller."""
+    common = dict(TEST_SERVER_SETTINGS)
+    services: dict[str, Any] = {
+        "vad": (VadService, VadSettings(**common)),
+        "tokenizer": (TokenizerService, TokenizerSettings(**common, model_dir=model_dir)),
+        "llm": (LlmService, LlmSettings(**common, model_dir=model_dir)),
+        "tts": (TtsService, TtsSettings(**common, model_dir=model_dir, voices_dir=workdir / "voices")),
+    }
+    if e2e:
+        services["e2e_llm"] = (
+            LlmService,
+            LlmSettings(**common, model_dir=model_dir, model_name="Step-Audio-AQAA"),
+        )
+    async with AsyncExitStack() as stack:
+        started: dict[str, Any] = {}
+        targets: dict[str, str] = {}
+        for name, (cls, settings) in services.items():
+            service = cls(settings, CollectorRegistry())
+            handle = await stack.enter_async_context(serve(service, settings))
+            started[name] = service
+            targets[name] = handle.address
+        overrides = controller or {}
+        settings = ControllerSettings(
+            host="127.0.0.1",
+            port=free_port(),
+            redis={"url": redis_url},
+            services=targets,
+            **overrides,
+        )
+        registry = CollectorRegistry()
+        app = create_app(settings, registry)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            ws_max_size=settings.limits.ws_max_message_bytes,
+            ws_per_message_deflate=False,
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+            yield Stack(f"http://127.0.0.1:{settings.port}", started, registry, app)
+        finally:
+            server.should_exit = True
+            await task
