@@ -25,8 +25,9 @@ from services.common.audio import StreamResampler, float_to_pcm16
 from services.controller.clients import ServiceClients
 from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE, is_audio_id
 
-# A clause ends at sentence or clause punctuation (CJK and Latin) followed by space or end.
-_CLAUSE_END = re.compile(r"[。！？；!?;]|[,，、:：](?=\s|$)|[.](?=\s|$)")
+# A clause ends at CJK punctuation or ?!; at once; Latin , : . only once the next character is
+# a space (the stream may still continue "3." into "3.5").
+_CLAUSE_END = re.compile(r"[。！？；，、：!?;]|[,:.](?=\s)")
 MIN_FIRST_CLAUSE_CHARS = 2
 MAX_CLAUSE_CHARS = 120
 
