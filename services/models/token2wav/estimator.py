@@ -27,7 +27,8 @@ class SinusoidalPosEmb(nn.Module):
         half = self.dim // 2
         step = math.log(10000) / (half - 1)
         freqs = torch.exp(torch.arange(half, device=t.device).float() * -step)
-        angles = scale * t.reshape(-1, 1).float() * freqs[None, :]
+        # scale·t is rounded in t's dtype before the float product, as upstream (bf16 there)
+        angles = (scale * t.reshape(-1, 1)).float() * freqs[None, :]
         return torch.cat((angles.sin(), angles.cos()), dim=-1)
 
 

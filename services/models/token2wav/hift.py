@@ -40,8 +40,8 @@ class WeightNormConv(nn.Module):
         self.transpose = transpose
 
     def weight(self) -> torch.Tensor:
-        norm = self.weight_v.norm(dim=(1, 2), keepdim=True)
-        return self.weight_v * (self.weight_g / norm)
+        # the same kernel torch's weight_norm uses, so results match upstream bit for bit
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transpose:
