@@ -8,7 +8,7 @@ stream fed the same waveform produces the same codes bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,10 @@ CHUNK_SAMPLES = sanm.CHUNK_SIZE[1] * SAMPLES_PER_LFR_FRAME  # 3 840 = 240 ms
 
 @dataclass
 class LinguisticState:
-    frontend: FrontendState = field(default_factory=FrontendState)
-    encoder: sanm.EncoderState = field(default_factory=sanm.EncoderState)
+    """Per-stream carry-over: frontend caches and the encoder's overlap/k-v caches."""
+
+    frontend: FrontendState
+    encoder: sanm.EncoderState
 
 
 class LinguisticTokenizer:
@@ -59,7 +61,7 @@ class LinguisticTokenizer:
         return cls(config, ParaformerFrontend(config.frontend, cmvn), encoder, centroids, device)
 
     def new_state(self) -> LinguisticState:
-        return LinguisticState(encoder=self.encoder.new_state())
+        return LinguisticState(FrontendState(), self.encoder.new_state())
 
     def encode_chunk(
         self, state: LinguisticState, samples: np.ndarray, *, is_final: bool

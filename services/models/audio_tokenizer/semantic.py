@@ -104,7 +104,7 @@ class PieceFrames:
     """Raw log10 mel frames of one <= 30 s piece, computed as its samples arrive.
 
     Memory stays bounded: audio is kept only from the next frame's first sample on, frames
-    only from ``keep_from`` (the oldest frame a window can still need) on.
+    only from the oldest frame a window can still need (see ``forget_before``).
     """
 
     def __init__(self) -> None:
@@ -205,9 +205,16 @@ class SemanticStream:
             else:
                 return codes
             new = self._window_codes(end)
+            if not last and len(new) < opts.hop_codes:
+                raise CheckpointError(
+                    self.tokenizer.path,
+                    f"model returned {len(new)} new codes where {opts.hop_codes} were due "
+                    f"(expected one code per {FRAMES_PER_CODE} mel frames)",
+                )
             keep = new if last else new[: opts.hop_codes]
             codes += keep
-            self.committed += len(keep)
+            # a last window ends the piece even if the model returned fewer codes than due
+            self.committed = total_codes if last else self.committed + len(keep)
             self.piece.forget_before(max(0, self.committed - opts.context_codes) * FRAMES_PER_CODE)
 
     def _window_codes(self, end_code: int) -> list[int]:
@@ -215,5 +222,4 @@ class SemanticStream:
         first = max(0, self.committed - self.options.context_codes)
         start, stop = first * FRAMES_PER_CODE, min(end_code * FRAMES_PER_CODE, self.piece.ready)
         mel = whisper_mel.scale_log_mel(self.piece.window(start, stop), self.piece.maximum)
-        codes = self.tokenizer.codes_for_mel(mel)[self.committed - first :].tolist()
-        return codes
+        return self.tokenizer.codes_for_mel(mel)[self.committed - first :].tolist()
