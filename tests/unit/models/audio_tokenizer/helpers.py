@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from services.models.audio_tokenizer import AudioTokenizerStream
+
 DEMO_CLIP = Path(__file__).resolve().parents[4] / "services/models/tiny/assets/demo_question.wav"
 
 
@@ -15,9 +17,11 @@ def split_ids(ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return groups[:, :2].ravel(), groups[:, 2:].ravel() - 1024
 
 
-def feed_in_chunks(stream: object, samples: np.ndarray, chunk: int) -> tuple[list[int], list[int]]:
+def feed_in_chunks(
+    stream: AudioTokenizerStream, samples: np.ndarray, chunk: int
+) -> tuple[list[int], list[int]]:
     """(ids returned by feed calls, ids returned by finish)."""
     during: list[int] = []
     for start in range(0, len(samples), chunk):
-        during += stream.feed(samples[start : start + chunk])  # type: ignore[attr-defined]
-    return during, stream.finish()  # type: ignore[attr-defined]
+        during += stream.feed(samples[start : start + chunk])
+    return during, stream.finish()
