@@ -1,0 +1,542 @@
+"""TTS engine: Step-Audio-TTS-3B LM → audio ids → streaming CosyVoice token2wav (no grpc here).
+
+``TtsEngine.synthesize`` follows upstream's ``StepAudioTTS.__call__``: ``plan_tts`` picks the
+system prompt and the vocoder (RAP / humming → ``CosyVoice-300M-25Hz-Music`` and the voice's
+``{name}{instruction}`` prompt when it exists), ``build_tts_prompt`` lays out the ids, the LM
+samples with the repetition-aware rule, and its audio ids are decoded as they arrive by a
+``Token2WavStream`` (in whole 5-id groups). Built-in voices are named in the system prompt;
+user voices use clone mode (no name), as upstream does for cloned speakers.
+
+``TtsEngine.vocode`` decodes audio ids that a client streams in (an end-to-end LLM's output).
+
+Work off the event loop: the LM runs on its own engine thread (``AsyncLlmEngine``; or vLLM),
+every token2wav call runs on one vocoder worker thread behind a bounded queue, and voice
+preparation (audio tokenizer + speaker features + the file write) on a second worker, so a
+registration never stalls streaming audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from services.common.audio import AudioError, StreamResampler, as_float_mono, check_sample_rate
+from services.common.worker import EngineWorker
+from services.llm.engine import (
+    AsyncLlmEngine,
+    FinishReason,
+    GenerationRequest,
+    LlmEngine,
+    TorchLlmEngine,
+)
+from services.models import layout
+from services.models.audio_tokenizer import AudioTokenizer
+from services.models.audio_tokens import AUDIO_CODES, AUDIO_ID_OFFSET, GROUP_SIZE, is_audio_id
+from services.models.prompts import build_tts_prompt, plan_tts
+from services.models.step1 import SamplingParams
+from services.models.text_tokenizer import TextTokenizer
+from services.models.token2wav import (
+    Speaker,
+    SpeakerStore,
+    Token2Wav,
+    Token2WavStream,
+    UnknownSpeakerError,
+    load_upstream_speakers,
+)
+from services.models.token2wav.model import check_controls
+from services.tts.config import TtsSettings
+from services.tts.voices import Voice, VoiceError, VoiceRegistry, check_prompt_text
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# AudioError codes that the shared error vocabulary knows; token2wav's finer ones
+# (audio_too_short, audio_too_long, silent_audio) are reported as invalid_audio.
+_KNOWN_AUDIO_CODES = frozenset({"invalid_audio", "empty_audio", "unsupported_sample_rate"})
+VOICE_QUEUE = 8  # registrations waiting for the voice worker before "overloaded"
+
+
+class TtsError(ValueError):
+    """A request the engine refuses; ``code`` is a stable error code (INVALID_ARGUMENT)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidTokensError(TtsError):
+    """Vocode ids outside the audio range; ``count`` of them in the offending message."""
+
+    def __init__(self, count: int, example: int) -> None:
+        last = AUDIO_ID_OFFSET + AUDIO_CODES - 1
+        super().__init__(
+            "invalid_argument",
+            f"{count} token id(s) outside the audio range {AUDIO_ID_OFFSET}..{last} "
+            f"(first: {example})",
+        )
+        self.count = count
+
+
+class EngineUnavailable(RuntimeError):
+    """The LM engine stopped under a request (shutdown)."""
+
+    code = "unavailable"
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    output_sample_rate_hz: int = 0  # 0 = token2wav's native rate (22050)
+    speed: float = 1.0
+    volume: float = 1.0
+    seed: int | None = None  # seeds the LM sampling and token2wav's noise
+
+    def checked(self, native_rate_hz: int) -> SynthesisOptions:
+        """Validated, with the output rate resolved (TtsError / AudioError when invalid)."""
+        try:
+            check_controls(self.speed, self.volume)
+        except ValueError as exc:
+            raise TtsError("invalid_argument", str(exc)) from exc
+        rate = check_sample_rate(self.output_sample_rate_hz or native_rate_hz)
+        return replace(self, output_sample_rate_hz=rate)
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    """Decoded audio and the ids behind it (ids fed since the previous piece)."""
+
+    samples: np.ndarray  # float32 mono at sample_rate_hz
+    sample_rate_hz: int
+    token_ids: list[int]
+    final: bool = False
+    dropped_ids: int = 0  # non-audio LM ids dropped since the previous piece
+    finish_reason: str | None = None  # final piece of Synthesize: "stop" or "length"
+
+
+@dataclass(frozen=True)
+class SynthesisPlan:
+    prompt_ids: list[int]  # the TTS LM prompt
+    voice: Voice  # the requested voice
+    prompt_voice: Voice  # whose prompt conditions LM and token2wav (``TingtingRAP`` for RAP)
+    music: bool
+    vocoder: Token2Wav  # CosyVoice-300M-25Hz or its -Music sibling
+
+
+@dataclass(frozen=True)
+class _IdBatch:
+    ids: list[int]
+    dropped: int = 0
+    finish_reason: str | None = None
+
+
+class GroupBuffer:
+    """Holds audio ids until whole 5-id groups (2 linguistic + 3 semantic) are complete."""
+
+    def __init__(self) -> None:
+        self._pending: list[int] = []
+
+    def push(self, ids: Sequence[int]) -> list[int]:
+        """Add ids; returns the whole groups now complete (possibly none)."""
+        self._pending.extend(ids)
+        whole = len(self._pending) - len(self._pending) % GROUP_SIZE
+        groups, self._pending = self._pending[:whole], self._pending[whole:]
+        return groups
+
+    def rest(self) -> list[int]:
+        """End of input: the incomplete trailing group (decoded too, like upstream's offline
+        path decodes every id the LM produced)."""
+        rest, self._pending = self._pending, []
+        return rest
+
+
+def split_audio_ids(ids: Sequence[int]) -> tuple[list[int], int]:
+    """LM output → (its audio ids, how many other ids were dropped)."""
+    audio = [int(i) for i in ids if is_audio_id(i)]
+    return audio, len(ids) - len(audio)
+
+
+def check_audio_ids(ids: Sequence[int]) -> list[int]:
+    bad = [int(i) for i in ids if not is_audio_id(i)]
+    if bad:
+        raise InvalidTokensError(len(bad), bad[0])
+    return [int(i) for i in ids]
+
+
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """Runs on a worker thread: the result and its compute time (queue wait excluded)."""
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+class _VocoderSession:
+    """One utterance's token2wav stream + output resampler; used on the vocoder thread only."""
+
+    def __init__(self, stream: Token2WavStream, native_hz: int, output_hz: int) -> None:
+        self.stream = stream
+        self.resampler = StreamResampler(native_hz, output_hz)
+
+    def feed(self, ids: list[int]) -> np.ndarray:
+        codes = [i - AUDIO_ID_OFFSET for i in ids]
+        return self.resampler.process(self.stream.feed(codes))
+
+    def finish(self, ids: list[int]) -> np.ndarray:
+        codes = [i - AUDIO_ID_OFFSET for i in ids]
+        head = self.stream.feed(codes) if codes else np.zeros(0, np.float32)
+        audio = np.concatenate([head, self.stream.finish()])
+        return self.resampler.process(audio, last=True)
+
+
+# ----- loading -------------------------------------------------------------------------------
+
+
+def build_lm(settings: TtsSettings) -> LlmEngine:
+    """The TTS LM engine (torch reference or vLLM), as the LLM service selects its engine."""
+    folder = layout.tts_dir(settings.model_dir)
+    if settings.engine == "vllm":
+        from services.llm.vllm_engine import VllmLlmEngine  # GPU hosts only
+
+        return VllmLlmEngine(folder, settings.vllm)
+    torch_engine = TorchLlmEngine.from_pretrained(
+        folder,
+        device=settings.device,
+        max_running=settings.max_running,
+        max_waiting=settings.max_waiting,
+        cache_capacity=settings.cache_capacity,
+    )
+    return AsyncLlmEngine(torch_engine, name="tts-lm")
+
+
+def prepare_speaker(
+    tokenizer: AudioTokenizer,
+    vocoder: Token2Wav,
+    name: str,
+    prompt_text: str,
+    wav: np.ndarray,
+    rate: int,
+) -> Speaker:
+    """Upstream's registration: ids from the trimmed clip, mel + x-vector from the whole clip.
+
+    Raises VoiceError (invalid_audio, unsupported_sample_rate, ...) with token2wav's message.
+    """
+    try:
+        ids = tokenizer.tokenize(wav, rate, trim=True)
+        if not ids:
+            raise AudioError("invalid_audio", "speaker prompt: too little speech to tokenize")
+        prompt = vocoder.prepare_speaker(wav, rate, ids)
+    except AudioError as exc:
+        code = exc.code if exc.code in _KNOWN_AUDIO_CODES else "invalid_audio"
+        raise VoiceError(code, str(exc)) from exc
+    return Speaker.from_prompt(name, prompt_text, ids, prompt)
+
+
+def builtin_voices(
+    settings: TtsSettings, tokenizer: AudioTokenizer, vocoder: Token2Wav
+) -> list[Voice]:
+    """Voices of ``<model root>/speakers/`` (none when the folder is missing)."""
+    folder = layout.speakers_dir(settings.model_dir)
+    if not folder.is_dir():
+        log.warning("no built-in voices: %s is missing", folder)
+        return []
+    voices = []
+    for name, text, wav, rate in load_upstream_speakers(folder):
+        speaker = prepare_speaker(tokenizer, vocoder, name, text, wav, rate)
+        voices.append(
+            Voice(name, text, speaker.prompt_ids, speaker.to_prompt(), wav.size / rate, True)
+        )
+    return voices
+
+
+@dataclass
+class TtsModels:
+    """Everything the engine loads once (blocking; call ``load`` off the event loop)."""
+
+    lm: LlmEngine
+    text_tokenizer: TextTokenizer
+    audio_tokenizer: AudioTokenizer
+    vocoder: Token2Wav
+    music_vocoder: Token2Wav
+    voices: VoiceRegistry
+
+    @classmethod
+    def load(cls, settings: TtsSettings) -> TtsModels:
+        root, device = settings.model_dir, settings.device
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16  # upstream: bf16 flow on GPU
+        audio_tokenizer = AudioTokenizer.from_pretrained(
+            layout.tokenizer_dir(root), num_threads=settings.tokenizer_threads, device=device
+        )
+        vocoder = Token2Wav.from_pretrained(layout.vocoder_dir(root), device=device, dtype=dtype)
+        music = Token2Wav.from_pretrained(
+            layout.vocoder_dir(root, music=True), device=device, dtype=dtype
+        )
+        mel = vocoder.config.feat_extractor
+        voices = VoiceRegistry(
+            SpeakerStore(settings.voices_dir),
+            builtin_voices(settings, audio_tokenizer, vocoder),
+            seconds_per_frame=mel.hop_size / mel.sampling_rate,
+            allow_builtin_override=settings.allow_builtin_override,
+        )
+        voices.load()
+        if settings.default_voice not in voices:
+            raise ValueError(f"default voice {settings.default_voice!r} is not a known voice")
+        return cls(
+            lm=build_lm(settings),
+            text_tokenizer=TextTokenizer.from_folder(layout.tts_dir(root)),
+            audio_tokenizer=audio_tokenizer,
+            vocoder=vocoder,
+            music_vocoder=music,
+            voices=voices,
+        )
+
+
+# ----- the engine ----------------------------------------------------------------------------
+
+
+class TtsEngine:
+    """Synthesis, vocoding and voices over loaded ``TtsModels``; see the module docstring."""
+
+    def __init__(
+        self,
+        models: TtsModels,
+        settings: TtsSettings,
+        *,
+        on_vocoder_call: Callable[[float], None] | None = None,
+    ) -> None:
+        self.models = models
+        self.settings = settings
+        self.on_vocoder_call = on_vocoder_call  # token2wav call seconds → metrics (on the loop)
+        self._vocoder_worker = EngineWorker("tts-vocoder", settings.engine_queue_size)
+        self._voice_worker = EngineWorker("tts-voices", VOICE_QUEUE)
+        self._voice_lock = asyncio.Lock()  # check-then-write of one voice at a time
+
+    @property
+    def voices(self) -> VoiceRegistry:
+        return self.models.voices
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.models.vocoder.sample_rate_hz
+
+    async def start(self) -> None:
+        await self.models.lm.start()
+        self._vocoder_worker.start()
+        self._voice_worker.start()
+
+    async def close(self) -> None:
+        await self._vocoder_worker.aclose()
+        await self._voice_worker.aclose()
+        await self.models.lm.close()
+
+    # -- synthesis -----------------------------------------------------------------------------
+
+    def check_text(self, text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise TtsError("empty_text", "text is empty")
+        if len(text) > self.settings.max_text_chars:
+            raise TtsError(
+                "text_too_long",
+                f"text has {len(text)} characters; at most {self.settings.max_text_chars}",
+            )
+        return text
+
+    def voice(self, name: str) -> Voice:
+        return self.voices.get(name or self.settings.default_voice)
+
+    def sampling(self, seed: int | None) -> SamplingParams:
+        s = self.settings
+        return SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_tokens=s.max_audio_tokens,
+            repetition_aware=True,  # upstream's RepetitionAwareLogitsProcessor
+            seed=seed,
+            ignore_eos=s.ignore_eos,
+        )
+
+    async def synthesize(
+        self, text: str, voice_name: str, options: SynthesisOptions, *, request_id: str = ""
+    ) -> AsyncIterator[AudioPiece]:
+        """Audio pieces as the LM's ids are decoded; the last one has ``final`` set.
+
+        Closing the iterator (or cancelling its consumer) aborts the LM request; token2wav
+        stops after the call it is running.
+        """
+        options = options.checked(self.sample_rate_hz)
+        plan = self.plan(text, voice_name)
+        lm_request = GenerationRequest(
+            f"tts-{uuid.uuid4().hex}", plan.prompt_ids, self.sampling(options.seed)
+        )
+        log.debug(
+            "synthesize request_id=%s lm_id=%s voice=%s music=%s prompt_ids=%d",
+            request_id, lm_request.request_id, plan.prompt_voice.name, plan.music,
+            len(plan.prompt_ids),
+        )  # fmt: skip
+        session = await self._open_session(plan.vocoder, plan.prompt_voice, options)
+        async with (
+            aclosing(self._lm_audio(lm_request)) as batches,
+            aclosing(self._decode(session, batches)) as pieces,
+        ):
+            async for piece in pieces:
+                yield piece
+
+    def plan(self, text: str, voice_name: str) -> SynthesisPlan:
+        """Upstream's choices for one text: system prompt, speaker prompt, vocoder."""
+        text = self.check_text(text)
+        voice = self.voice(voice_name)
+        tts_plan = plan_tts(text, voice.lm_speaker)
+        prompt_voice = voice
+        if tts_plan.music:
+            prompt_voice = self.voices.for_instruction(voice, tts_plan.instruction)
+        prompt_ids = build_tts_prompt(
+            self.models.text_tokenizer,
+            text,
+            speaker=voice.lm_speaker,
+            prompt_text=prompt_voice.prompt_text,
+            prompt_ids=prompt_voice.prompt_ids,
+        )
+        vocoder = self.models.music_vocoder if tts_plan.music else self.models.vocoder
+        return SynthesisPlan(prompt_ids, voice, prompt_voice, tts_plan.music, vocoder)
+
+    async def _lm_audio(self, request: GenerationRequest) -> AsyncIterator[_IdBatch]:
+        """The LM's audio ids; other ids are dropped (and counted)."""
+        outputs = self.models.lm.generate(request)
+        async with aclosing(outputs):  # type: ignore[type-var]  # an async generator
+            try:
+                async for output in outputs:
+                    if output.error:
+                        raise RuntimeError(f"TTS LM failed: {output.error}")
+                    if output.finished and output.finish_reason == FinishReason.CANCELLED:
+                        raise EngineUnavailable("the TTS LM stopped (shutting down)")
+                    audio, dropped = split_audio_ids(output.token_ids)
+                    reason = str(output.finish_reason) if output.finished else None
+                    yield _IdBatch(audio, dropped, reason)
+            except ValueError as exc:  # the LM refused the prompt (too long for max_seq_len)
+                raise TtsError("invalid_argument", f"TTS LM: {exc}") from exc
+
+    async def vocode(
+        self, batches: AsyncIterator[Sequence[int]], voice_name: str, options: SynthesisOptions
+    ) -> AsyncIterator[AudioPiece]:
+        """Decode streamed audio ids (whole groups as they complete; the remainder at the end).
+
+        Ids outside the audio range raise InvalidTokensError before any of that message is
+        decoded; more than ``max_audio_tokens`` in all raise TtsError.
+        """
+        options = options.checked(self.sample_rate_hz)
+        voice = self.voice(voice_name)
+        session = await self._open_session(self.models.vocoder, voice, options)
+        async with (
+            aclosing(self._checked_batches(batches)) as checked,
+            aclosing(self._decode(session, checked)) as pieces,
+        ):
+            async for piece in pieces:
+                yield piece
+
+    async def _checked_batches(
+        self, batches: AsyncIterator[Sequence[int]]
+    ) -> AsyncIterator[_IdBatch]:
+        total, limit = 0, self.settings.max_audio_tokens
+        async for ids in batches:
+            checked = check_audio_ids(ids)
+            total += len(checked)
+            if total > limit:
+                raise TtsError("invalid_argument", f"more than {limit} audio ids in one Vocode")
+            yield _IdBatch(checked)
+
+    async def _decode(
+        self, session: _VocoderSession, batches: AsyncIterator[_IdBatch]
+    ) -> AsyncIterator[AudioPiece]:
+        rate = session.resampler.to_hz
+        groups = GroupBuffer()
+        fed: list[int] = []  # ids fed since the last piece
+        dropped, reason = 0, None
+        async for batch in batches:
+            dropped += batch.dropped
+            reason = batch.finish_reason or reason
+            whole = groups.push(batch.ids)
+            if not whole:
+                continue
+            samples = await self._vocoder_call(session.feed, whole)
+            fed += whole
+            if samples.size:
+                yield AudioPiece(samples, rate, fed, dropped_ids=dropped)
+                fed, dropped = [], 0
+        rest = groups.rest()
+        samples = await self._vocoder_call(session.finish, rest)
+        yield AudioPiece(samples, rate, fed + rest, True, dropped, reason)
+
+    async def _open_session(
+        self, vocoder: Token2Wav, voice: Voice, options: SynthesisOptions
+    ) -> _VocoderSession:
+        stream_options = replace(
+            self.settings.stream_options(), speed=options.speed, volume=options.volume
+        )
+        generator = None
+        if options.seed is not None:
+            generator = torch.Generator().manual_seed(options.seed)
+
+        def open_stream() -> _VocoderSession:
+            stream = vocoder.stream(voice.prompt, generator=generator, **asdict(stream_options))
+            return _VocoderSession(stream, vocoder.sample_rate_hz, options.output_sample_rate_hz)
+
+        return await self._vocoder_worker.run(open_stream)
+
+    async def _vocoder_call(
+        self, fn: Callable[[list[int]], np.ndarray], ids: list[int]
+    ) -> np.ndarray:
+        samples, seconds = await self._vocoder_worker.run(_timed, fn, ids)
+        if self.on_vocoder_call is not None:
+            self.on_vocoder_call(seconds)
+        return samples
+
+    # -- voices --------------------------------------------------------------------------------
+
+    def list_voices(self) -> list[Voice]:
+        return self.voices.list()
+
+    async def register_voice(
+        self, name: str, prompt_text: str, samples: np.ndarray, rate: int, *, overwrite: bool
+    ) -> Voice:
+        """Tokenize (trimmed) + speaker features, persist, then serve it (VoiceError if bad)."""
+        text = check_prompt_text(prompt_text)
+        wav = as_float_mono(samples)
+        seconds, limit = wav.size / rate, self.settings.max_prompt_s
+        if seconds > limit:
+            raise VoiceError(
+                "invalid_audio", f"speaker prompt is {seconds:.1f} s; at most {limit:.0f} s"
+            )
+        async with self._voice_lock:
+            self.voices.check_can_register(name, overwrite)
+            speaker = await self._voice_worker.run(
+                prepare_speaker,
+                self.models.audio_tokenizer,
+                self.models.vocoder,
+                name,
+                text,
+                wav,
+                rate,
+            )
+            await self._voice_worker.run(self.voices.store.put, speaker)
+            voice = self.voices.user_voice(speaker)
+            self.voices.add_user(voice)
+        log.info("voice registered name=%r prompt_s=%.2f", name, voice.prompt_seconds)
+        return voice
+
+    async def delete_voice(self, name: str) -> None:
+        async with self._voice_lock:
+            self.voices.check_can_delete(name)
+            try:
+                await self._voice_worker.run(self.voices.store.delete, name)
+            except UnknownSpeakerError:  # the file is already gone; forget it anyway
+                pass
+            self.voices.remove_user(name)
+        log.info("voice deleted name=%r", name)
