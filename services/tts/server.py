@@ -163,7 +163,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
     def __init__(self, service: TtsService) -> None:
         self._service = service
 
-    async def Synthesize(  # noqa: N802 - gRPC method name
+    async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> None:
         async def run(call: AudioStreamCall) -> None:
@@ -176,7 +176,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
 
         await self._stream(context, run)
 
-    async def Vocode(  # noqa: N802 - gRPC method name
+    async def Vocode(
         self,
         request_iterator: AsyncIterator[tts_pb2.VocodeRequest],
         context: grpc.aio.ServicerContext,
@@ -235,7 +235,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             service.active_streams -= 1
             service.metrics.active_streams.dec()
 
-    async def RegisterVoice(  # noqa: N802 - gRPC method name
+    async def RegisterVoice(
         self, request: tts_pb2.RegisterVoiceRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.Voice:
         service = self._service
@@ -251,7 +251,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             await abort_for_exception(context, exc)
         return voice_to_proto(voice)
 
-    async def ListVoices(  # noqa: N802 - gRPC method name
+    async def ListVoices(
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.ListVoicesResponse:
         try:
@@ -260,7 +260,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             await abort_for_exception(context, exc)
         return tts_pb2.ListVoicesResponse(voices=[voice_to_proto(v) for v in voices])
 
-    async def DeleteVoice(  # noqa: N802 - gRPC method name
+    async def DeleteVoice(
         self, request: tts_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.DeleteVoiceResponse:
         service = self._service

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.models.token2wav import Speaker, SpeakerPrompt, SpeakerStore
+from services.models.token2wav.speakers import STORE_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,17 @@ class VoiceRegistry:
         self._users: dict[str, Voice] = {}
 
     def load(self) -> None:
-        """Read every user voice in the store (start-up; blocking file I/O)."""
-        for name in self.store.list():
+        """Read every user voice in the store (start-up; blocking file I/O).
+
+        File by file rather than ``store.list()``, which fails on the first unreadable file:
+        one corrupt voice must not keep the service from starting.
+        """
+        for path in sorted(self.store.directory.glob(f"*{STORE_SUFFIX}")):
             try:
-                self._users[name] = self.user_voice(self.store.get(name))
-            except (ValueError, KeyError) as exc:  # one bad file must not stop the service
-                log.error("skipping unreadable voice name=%r: %s", name, exc)
+                speaker = SpeakerStore._read(path)  # private: no public per-file reader
+                self._users[speaker.name] = self.user_voice(speaker)
+            except (ValueError, KeyError) as exc:
+                log.error("skipping unreadable voice file %s: %s", path, exc)
 
     def user_voice(self, speaker: Speaker) -> Voice:
         return Voice(
