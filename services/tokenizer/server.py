@@ -204,7 +204,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     def __init__(self, service: TokenizerService) -> None:
         self._service = service
 
-    async def TokenizeStream(  # noqa: N802 - gRPC method name
+    async def TokenizeStream(
         self,
         request_iterator: AsyncIterator[tokenizer_pb2.TokenizeStreamRequest],
         context: grpc.aio.ServicerContext,
@@ -232,7 +232,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             service.active_streams -= 1
             service.metrics.active_streams.dec()
 
-    async def Tokenize(  # noqa: N802 - gRPC method name
+    async def Tokenize(
         self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.TokenizeResponse:
         service = self._service
