@@ -10,7 +10,7 @@ from services.models.token2wav import SpeakerPrompt, StreamOptions, Token2Wav
 from services.models.token2wav.streaming import _StreamingVocoder
 from tests.unit.models.token2wav.helpers import random_codes, seeded, snr_db
 
-STEPS = 3
+STEPS = 2
 N_CODES = 260  # 6.2 s: chunks of 45, then hops of 60 and 120 tokens, then the rest
 
 
