@@ -74,7 +74,7 @@ def aqaa_spec() -> TinyLmSpec:
         vocab_size=VOCAB_SIZE,
         max_seq_len=8192,
     )
-    return TinyLmSpec(config, emits_text=True, emits_audio=True, eot_margin=0.8, shards=2)
+    return TinyLmSpec(config, emits_text=True, emits_audio=True, eot_margin=0.17, shards=2)
 
 
 def _favoured_ids(spec: TinyLmSpec) -> torch.Tensor:
