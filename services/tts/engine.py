@@ -178,11 +178,25 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
 
 
 class _VocoderSession:
-    """One utterance's token2wav stream + output resampler; used on the vocoder thread only."""
+    """One utterance's token2wav stream + output resampler; used on the vocoder thread only.
 
-    def __init__(self, stream: Token2WavStream, native_hz: int, output_hz: int) -> None:
-        self.stream = stream
+    The stream is made by the first call, on that thread, so that a request does not wait for
+    the vocoder queue before its LM generation starts.
+    """
+
+    def __init__(
+        self, open_stream: Callable[[], Token2WavStream], native_hz: int, output_hz: int
+    ) -> None:
+        self._open_stream = open_stream
+        self._stream: Token2WavStream | None = None
+        self.output_hz = output_hz
         self.resampler = StreamResampler(native_hz, output_hz)
+
+    @property
+    def stream(self) -> Token2WavStream:
+        if self._stream is None:
+            self._stream = self._open_stream()
+        return self._stream
 
     def feed(self, ids: list[int]) -> np.ndarray:
         codes = [i - AUDIO_ID_OFFSET for i in ids]
@@ -381,7 +395,7 @@ class TtsEngine:
             request_id, lm_request.request_id, plan.prompt_voice.name, plan.music,
             len(plan.prompt_ids),
         )  # fmt: skip
-        session = await self._open_session(plan.vocoder, plan.prompt_voice, options)
+        session = self._session(plan.vocoder, plan.prompt_voice, options)
         async with (
             aclosing(self._lm_audio(lm_request)) as batches,
             aclosing(self._decode(session, batches)) as pieces,
@@ -433,7 +447,7 @@ class TtsEngine:
         """
         options = options.checked(self.sample_rate_hz)
         voice = self.voice(voice_name)
-        session = await self._open_session(self.models.vocoder, voice, options)
+        session = self._session(self.models.vocoder, voice, options)
         async with (
             aclosing(self._checked_batches(batches)) as checked,
             aclosing(self._decode(session, checked)) as pieces,
@@ -455,7 +469,7 @@ class TtsEngine:
     async def _decode(
         self, session: _VocoderSession, batches: AsyncIterator[_IdBatch]
     ) -> AsyncIterator[AudioPiece]:
-        rate = session.resampler.to_hz
+        rate = session.output_hz
         groups = GroupBuffer()
         fed: list[int] = []  # ids fed since the last piece
         dropped, reason = 0, None
@@ -474,7 +488,7 @@ class TtsEngine:
         samples = await self._vocoder_call(session.finish, rest)
         yield AudioPiece(samples, rate, fed + rest, True, dropped, reason)
 
-    async def _open_session(
+    def _session(
         self, vocoder: Token2Wav, voice: Voice, options: SynthesisOptions
     ) -> _VocoderSession:
         stream_options = replace(
@@ -484,11 +498,10 @@ class TtsEngine:
         if options.seed is not None:
             generator = torch.Generator().manual_seed(options.seed)
 
-        def open_stream() -> _VocoderSession:
-            stream = vocoder.stream(voice.prompt, generator=generator, **asdict(stream_options))
-            return _VocoderSession(stream, vocoder.sample_rate_hz, options.output_sample_rate_hz)
+        def open_stream() -> Token2WavStream:
+            return vocoder.stream(voice.prompt, generator=generator, **asdict(stream_options))
 
-        return await self._vocoder_worker.run(open_stream)
+        return _VocoderSession(open_stream, vocoder.sample_rate_hz, options.output_sample_rate_hz)
 
     async def _vocoder_call(
         self, fn: Callable[[list[int]], np.ndarray], ids: list[int]

@@ -229,3 +229,12 @@ async def test_unknown_voice_and_text_checks(engine_and_lm: tuple[TtsEngine, Scr
             await collect(engine.synthesize(text, voice, SynthesisOptions()))
         assert getattr(error.value, "code", None) == code
     assert not lm.requests  # refused before the LM saw anything
+
+
+async def test_vocode_of_nothing_gives_one_empty_final(
+    engine_and_lm: tuple[TtsEngine, ScriptedLm],
+) -> None:
+    engine, _ = engine_and_lm
+    options = SynthesisOptions(output_sample_rate_hz=16000)
+    (piece,) = await collect(engine.vocode(aiter_of(iter([])), "", options))
+    assert piece.final and piece.samples.size == 0 and piece.token_ids == []
