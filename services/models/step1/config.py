@@ -85,12 +85,8 @@ class Step1Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Step1Config:
-        archs = data.get("architectures") or []
-        if data.get("model_type") != MODEL_TYPE or ARCHITECTURE not in archs:
-            raise CheckpointError(
-                f"{source}: expected model_type {MODEL_TYPE!r} and architectures "
-                f"[{ARCHITECTURE!r}], got {data.get('model_type')!r} / {archs}"
-            )
+        """Parse a Step1 config; also AQAA-style (Step-Omni) ones, see ``_normalise``."""
+        data = _normalise(data, source)
         required = (
             "hidden_size",
             "intermediate_size",
@@ -137,3 +133,41 @@ class Step1Config:
         values.pop("extra")
         data.update(values)
         return data
+
+
+# Field names other Step checkpoints use for the same quantities (Step-Audio-2/R1 configs carry
+# both spellings); an AQAA-style config is read through these. [unverified for AQAA]
+FIELD_ALIASES = {
+    "num_key_value_heads": "num_attention_groups",
+    "max_position_embeddings": "max_seq_len",
+}
+ROTARY_FIELDS = ("rope_theta", "rope_scaling")
+
+
+def _normalise(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Accept Step1 configs and Step1-compatible ones (AQAA's Step-Omni decoder).
+
+    A config qualifies when it is model_type "step1" / Step1ForCausalLM, or when it uses Step's
+    own ``num_attention_groups`` field; a nested ``text_config`` is flattened. Rotary position
+    settings mean the checkpoint is not an ALiBi Step1 model: refused, never guessed.
+    """
+    if isinstance(data.get("text_config"), dict):
+        data = {**data, **data["text_config"]}
+    archs = data.get("architectures") or []
+    is_step1 = data.get("model_type") == MODEL_TYPE or ARCHITECTURE in archs
+    if not is_step1 and "num_attention_groups" not in data:
+        raise CheckpointError(
+            f"{source}: expected model_type {MODEL_TYPE!r} and architectures "
+            f"[{ARCHITECTURE!r}] (or a Step1-compatible config), got "
+            f"{data.get('model_type')!r} / {archs}"
+        )
+    rotary = [key for key in ROTARY_FIELDS if data.get(key) is not None]
+    if rotary:
+        raise CheckpointError(
+            f"{source}: {rotary} set: this checkpoint uses rotary positions, while Step1 "
+            "attention is ALiBi-sqrt; it cannot be served by the Step1 runtime"
+        )
+    for alias, name in FIELD_ALIASES.items():
+        if alias in data and name not in data:
+            data = {**data, name: data[alias]}
+    return data

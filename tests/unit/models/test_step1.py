@@ -228,7 +228,8 @@ def test_missing_shard_and_bad_config_fail_loudly(tiny_chat_lm: Path, tmp_path: 
         CheckpointError, match="config.json: num_attention_heads 4 is not divisible"
     ):
         Step1ForCausalLM.from_pretrained(folder)
-    config["model_type"] = "llama"
+    config["model_type"], config["architectures"] = "llama", ["LlamaForCausalLM"]
+    config.pop("num_attention_groups")
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="expected model_type 'step1'"):
         Step1ForCausalLM.from_pretrained(folder)
@@ -277,3 +278,22 @@ def test_generation_is_reproducible_with_a_seed(tiny_tts_lm: Path) -> None:
     first, second = list(generate(model, prompt, params)), list(generate(model, prompt, params))
     assert first == second and len(first) > 0
     assert first != list(generate(model, prompt, dataclasses.replace(params, seed=99)))
+
+
+def test_aqaa_style_configs_are_read_from_their_own_fields() -> None:
+    base = small_config().to_hf_dict()
+    aqaa = {
+        "architectures": ["StepOmniForCausalLM"],
+        "model_type": "step_omni",
+        "text_config": {
+            k: v for k, v in base.items() if k not in ("architectures", "model_type", "auto_map")
+        },
+    }
+    aqaa["text_config"]["num_key_value_heads"] = aqaa["text_config"].pop("num_attention_groups")
+    aqaa["text_config"]["num_attention_groups"] = 2  # Step configs carry both spellings
+    config = Step1Config.from_dict(aqaa, source="aqaa/config.json")
+    assert config.num_attention_groups == 2 and config.vocab_size == 300
+    with pytest.raises(CheckpointError, match="rotary positions"):
+        Step1Config.from_dict({**base, "rope_theta": 1e6})
+    with pytest.raises(CheckpointError, match="Step1-compatible"):
+        Step1Config.from_dict({"model_type": "llama", "hidden_size": 8})
