@@ -61,6 +61,16 @@ def test_stream_is_as_long_as_offline_and_chunks_grow(
     assert stream.chunks_decoded == 4  # 45 | +60 | +120 | rest (35 tokens)
 
 
+def test_finish_right_after_a_chunk_flushes_the_held_tail(
+    model: Token2Wav, speaker: SpeakerPrompt, codes: list[int]
+) -> None:
+    stream = model.stream(speaker, generator=seeded(2), n_timesteps=1)
+    first = stream.feed(codes[:45])  # exactly one chunk; its 15-code tail is held back
+    rest = stream.finish()  # a final chunk made of the held overlap only
+    assert first.size and rest.size
+    assert first.size + rest.size == model.mel_frames(45) * 256
+
+
 def test_short_stream_equals_offline_exactly(
     model: Token2Wav, speaker: SpeakerPrompt, codes: list[int]
 ) -> None:
