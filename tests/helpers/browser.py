@@ -203,8 +203,12 @@ class Browser:
         page = Page(self.cdp, attached["sessionId"], target_id)
         for domain in ("Runtime", "Log", "Page"):
             await page.send(f"{domain}.enable")
-        await page.send("Page.navigate", {"url": url})
+        navigation = await page.send("Page.navigate", {"url": url})
+        if "errorText" in navigation:
+            raise CdpError(f"navigating to {url}: {navigation['errorText']}")
         self.pages.append(page)
+        loaded = "location.href !== 'about:blank' && document.readyState === 'complete'"
+        await page.wait_for(loaded, timeout_s=15)
         return page
 
     def log_tail(self, lines: int = 30) -> str:
@@ -213,10 +217,12 @@ class Browser:
 
 
 def _tail(path: Path, lines: int) -> str:
+    """The last lines of a Chromium log, without its D-Bus noise (no bus in a sandbox)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    return "\n".join([line for line in text if "dbus" not in line][-lines:])
 
 
 def _read_devtools_port(profile: Path) -> str | None:

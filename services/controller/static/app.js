@@ -23,12 +23,16 @@ const stats = (window.__stats = {
   audioSamples: 0,
   scheduledSeconds: 0,
   flushes: 0,
+  flushedSources: 0, // scheduled chunks cut off by a flush (barge-in)
+  ignoredChunks: 0, // audio of an interrupted reply that still arrived (should stay 0)
   responsesDone: 0,
   lastResponse: null,
   lastTimings: null,
   transcripts: [],
   errors: [],
   events: {},
+  timeline: [], // [ms since page load, event type] of the non-delta events (the last 200)
+  audioArrivals: [], // [ms since page load, seconds of audio] per reply chunk (the last 200)
 });
 
 const $ = (id) => document.getElementById(id);
@@ -93,9 +97,10 @@ class Player {
       try { source.stop(); } catch (_) { /* not started yet */ }
       source.disconnect();
     }
+    stats.flushes += 1;
+    stats.flushedSources += this.sources.size;
     this.sources.clear();
     this.nextTime = 0;
-    stats.flushes += 1;
   }
 
   get playing() { return this.sources.size > 0; }
@@ -116,10 +121,15 @@ function base64ToBuffer(b64) {
 }
 
 function onReplyAudio(buffer, rate, responseId) {
-  if (muted.has(responseId || currentResponse)) return;
+  if (muted.has(responseId || currentResponse)) {
+    stats.ignoredChunks += 1;
+    return;
+  }
   const samples = pcm16ToFloat(buffer);
   stats.audioChunks += 1;
   stats.audioSamples += samples.length;
+  stats.audioArrivals.push([Math.round(performance.now()), samples.length / rate]);
+  if (stats.audioArrivals.length > 200) stats.audioArrivals.shift();
   if (player) player.play(samples, rate);
   refreshStatus();
 }
@@ -334,6 +344,10 @@ function sessionUpdate() {
 
 function onEvent(event) {
   stats.events[event.type] = (stats.events[event.type] || 0) + 1;
+  if (!event.type.endsWith('.delta')) {
+    stats.timeline.push([Math.round(performance.now()), event.type]);
+    if (stats.timeline.length > 200) stats.timeline.shift();
+  }
   switch (event.type) {
     case 'session.created':
       lastSessionId = event.session.id;
@@ -431,7 +445,8 @@ async function startTalking() {
   if (!mic) await startMic();
   interruptPlayback();
   if (currentResponse) send({ type: 'response.cancel' });
-  send({ type: 'input_audio_buffer.clear' });
+  // no input_audio_buffer.clear: frames are only sent while the button is held, so the
+  // server's push-to-talk buffer is empty here (and clear would stop its capture)
   talking = true;
   ui.talk.classList.add('active');
   pendingUserEntry = pendingUserEntry || addEntry('user', '🎤 …');
