@@ -103,6 +103,9 @@ class TtsSettings(BaseServiceSettings):
     max_request_s: float = Field(
         300, ge=1, le=86_400, description="Lifetime cap of one Synthesize/Vocode call (s)."
     )
+    warm_up: bool = Field(
+        True, description="Run the LM and both vocoders once before reporting SERVING."
+    )
     tokenizer_threads: int = Field(
         1, ge=1, le=64, description="onnxruntime threads of the audio tokenizer (voice prompts)."
     )

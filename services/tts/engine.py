@@ -63,6 +63,7 @@ T = TypeVar("T")
 # (audio_too_short, audio_too_long, silent_audio) are reported as invalid_audio.
 _KNOWN_AUDIO_CODES = frozenset({"invalid_audio", "empty_audio", "unsupported_sample_rate"})
 VOICE_QUEUE = 8  # registrations waiting for the voice worker before "overloaded"
+WARMUP_IDS = 60  # enough audio ids for one streamed chunk and a finish
 
 
 class TtsError(ValueError):
@@ -348,6 +349,26 @@ class TtsEngine:
         await self._vocoder_worker.aclose()
         await self._voice_worker.aclose()
         await self.models.lm.close()
+
+    async def warm_up(self) -> None:
+        """One short LM generation and one streamed decode per vocoder, before SERVING.
+
+        The first call of each model pays one-off costs (CUDA kernels and cuBLAS handles, ONNX
+        sessions, allocator growth): about 10 s per vocoder on an H100, which a first user
+        would otherwise wait for.
+        """
+        voice = self.voice("")
+        params = replace(self.sampling(0), max_tokens=GROUP_SIZE, ignore_eos=True)
+        request = GenerationRequest(f"tts-warmup-{uuid.uuid4().hex}", voice.prompt_ids, params)
+        async with aclosing(self.models.lm.generate(request)) as outputs:  # type: ignore[type-var]
+            async for _ in outputs:
+                pass
+        options = SynthesisOptions(seed=0).checked(self.sample_rate_hz)
+        ids = voice.prompt_ids[:WARMUP_IDS]
+        for vocoder in (self.models.vocoder, self.models.music_vocoder):
+            session = self._session(vocoder, voice, options)
+            await self._vocoder_worker.run(session.feed, ids)
+            await self._vocoder_worker.run(session.finish, [])
 
     # -- synthesis -----------------------------------------------------------------------------
 

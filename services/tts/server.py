@@ -95,6 +95,7 @@ class TtsService:
         self.audio_seconds = m.counter("audio_seconds", "Audio produced (s).")
         self.active_streams = 0
         self.engine: TtsEngine | None = None
+        self.ready = False  # set once loaded and warmed up; calls before that are UNAVAILABLE
 
     def register(self, server: grpc.aio.Server) -> None:
         tts_pb2_grpc.add_TtsServiceServicer_to_server(TtsServicer(self), server)
@@ -102,8 +103,13 @@ class TtsService:
     async def start(self) -> None:
         models = await asyncio.to_thread(TtsModels.load, self.settings)
         engine = TtsEngine(models, self.settings, on_vocoder_call=self.vocoder_seconds.observe)
+        self.engine = engine  # from here on stop() closes it, also after a failed start
         await engine.start()
-        self.engine = engine
+        if self.settings.warm_up:
+            started = time.perf_counter()
+            await engine.warm_up()
+            log.info("tts warmed up seconds=%.2f", time.perf_counter() - started)
+        self.ready = True
         names = [voice.name for voice in engine.list_voices()]
         log.info("tts ready engine=%s voices=%s", models.lm.engine_name, names)
 
@@ -112,7 +118,7 @@ class TtsService:
             await self.engine.close()
 
     def require_engine(self) -> TtsEngine:
-        if self.engine is None:
+        if self.engine is None or not self.ready:
             raise ServiceError(ErrorCode.UNAVAILABLE, "the TTS engine is not running")
         return self.engine
 
