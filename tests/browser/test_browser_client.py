@@ -74,7 +74,9 @@ async def test_voice_turn_through_fake_microphone(
     mic = fake_microphone_wav(DEMO, tmp_path / "mic.wav", silence_s=4.0, rate_hz=48_000)
     chromium = launch_chromium(chromium_binary, tmp_path / "chromium", fake_microphone=mic)
     async with chromium as browser:
-        page = await browser.new_page(f"{stack.url}/?autostart=1")
+        page = await browser.new_page(stack.url)
+        await page.click("#connect")  # the buttons, clicked like a user would
+        await page.click("#mic")
         await wait_or_explain(browser, page, "window.__stats.responsesDone > 0", REPLY_TIMEOUT_S)
         # the transcript of the user's turn is produced off the critical path: allow a moment
         await wait_or_explain(browser, page, "window.__stats.transcripts.length > 0", 15)

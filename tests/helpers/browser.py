@@ -165,6 +165,27 @@ class Page:
                 raise TimeoutError(f"{expression!r} still falsy after {timeout_s:.0f} s")
             await asyncio.sleep(interval_s)
 
+    async def click(self, selector: str) -> None:
+        """A real mouse click (a user gesture) in the middle of an enabled, visible element."""
+        box = await self.evaluate(
+            f"""(() => {{
+                const el = document.querySelector({json.dumps(selector)});
+                if (!el) return 'missing';
+                if (el.disabled) return 'disabled';
+                const r = el.getBoundingClientRect();
+                if (!r.width || !r.height) return 'hidden';
+                return [r.x + r.width / 2, r.y + r.height / 2];
+            }})()"""
+        )
+        if isinstance(box, str):
+            raise CdpError(f"cannot click {selector}: it is {box}")
+        x, y = box
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.send(
+                "Input.dispatchMouseEvent",
+                {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+            )
+
     def console(self) -> list[str]:
         """Console messages, uncaught exceptions and browser log entries of this page."""
         lines: list[str] = []
