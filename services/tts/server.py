@@ -196,9 +196,9 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
                 config, first = first.config, None
             self._request_id(config.request_id)
             encoding = output_encoding(config.options.encoding)
-            batches = _token_batches(first, requests)
-            pieces = engine.vocode(batches, config.voice, options_from_proto(config.options))
-            await call.send(pieces, encoding)
+            options = options_from_proto(config.options)
+            async with aclosing(_token_batches(first, requests)) as batches:
+                await call.send(engine.vocode(batches, config.voice, options), encoding)
 
         await self._stream(context, run)
 
