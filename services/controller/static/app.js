@@ -457,6 +457,11 @@ function stopTalking() {
   if (!talking) return;
   talking = false;
   ui.talk.classList.remove('active');
+  if (pendingLength && ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(pending.slice(0, pendingLength).buffer); // the last few ms of the turn
+    stats.framesSent += 1;
+    pendingLength = 0;
+  }
   awaitingCommit = true;
   send({ type: 'input_audio_buffer.commit' });
   refreshStatus();
