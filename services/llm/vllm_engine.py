@@ -63,7 +63,9 @@ class VllmEngineSettings(BaseModel):
     )
     pipeline_parallel_size: int = Field(1, ge=1, le=16, description="Pipeline stages.")
     distributed_executor_backend: Literal["mp", "ray"] = Field(
-        "mp", description="mp = worker processes on one host; ray = across hosts."
+        "mp",
+        description="With several GPUs: mp = worker processes on one host; ray = across hosts "
+        "(one GPU always runs the worker inside vLLM's engine process).",
     )
     dtype: Literal["bfloat16", "float16"] = Field(
         "bfloat16", description="Activation/weight dtype (the checkpoints are bf16)."
@@ -121,7 +123,11 @@ def engine_kwargs(settings: VllmEngineSettings, model_dir: Path) -> dict[str, An
         "quantization": settings.quantization,
         "tensor_parallel_size": settings.tensor_parallel_size,
         "pipeline_parallel_size": settings.pipeline_parallel_size,
-        "distributed_executor_backend": settings.distributed_executor_backend,
+        # one GPU: vLLM's worker inside the engine-core process ("mp" would add a process
+        # hop to every step); several GPUs: worker processes (mp) or a Ray cluster
+        "distributed_executor_backend": settings.distributed_executor_backend
+        if settings.tensor_parallel_size * settings.pipeline_parallel_size > 1
+        else None,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "max_num_seqs": settings.max_num_seqs,
         "max_model_len": settings.max_model_len,

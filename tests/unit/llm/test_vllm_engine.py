@@ -111,6 +111,14 @@ def test_engine_kwargs_untie_lm_head_and_pin_the_alibi_backend() -> None:
     assert kwargs["logits_processors"] == [RAS_PROCESSOR]
     assert kwargs["max_cudagraph_capture_size"] == 32
     assert kwargs["model"] == "/m" and kwargs["max_model_len"] is None
+    assert kwargs["distributed_executor_backend"] is None  # one GPU: in-process worker
+
+
+def test_executor_backend_applies_to_several_gpus() -> None:
+    ray = VllmEngineSettings(tensor_parallel_size=4, distributed_executor_backend="ray")
+    assert engine_kwargs(ray, Path("/m"))["distributed_executor_backend"] == "ray"
+    pipeline = VllmEngineSettings(pipeline_parallel_size=2)
+    assert engine_kwargs(pipeline, Path("/m"))["distributed_executor_backend"] == "mp"
 
 
 def test_engine_kwargs_without_ras_or_graphs() -> None:
