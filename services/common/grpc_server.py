@@ -61,7 +61,10 @@ def server_options(settings: BaseServiceSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", keepalive.time_ms),
         ("grpc.keepalive_timeout_ms", keepalive.timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive.min_ping_interval_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", keepalive.min_ping_interval_ms),
+        # long one-way streams (client audio in, rare events out) made the default 2 strikes
+        # GOAWAY our own controller with too_many_pings; callers here are trusted internal peers
+        ("grpc.http2.max_ping_strikes", 0),
         ("grpc.http2.max_pings_without_data", 0),
         # SO_REUSEPORT would let a second server silently share a busy port.
         ("grpc.so_reuseport", 0),

@@ -58,6 +58,9 @@ class TurnSettings(BaseModel):
         3000, ge=64, le=1_000_000, description="Prompt budget for history (tokens)."
     )
     transcribe: bool = Field(True, description="Transcribe user audio turns with the Chat model.")
+    seed: int | None = Field(
+        None, ge=0, le=2**62, description="Fixed sampling seed for replies (reproducible runs)."
+    )
 
 
 class LimitSettings(BaseModel):

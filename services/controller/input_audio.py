@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
 
 import numpy as np
 from stepaudio.serving.v1 import audio_pb2, tokenizer_pb2, vad_pb2
@@ -21,6 +22,8 @@ from services.common.audio import StreamResampler, float_to_pcm16
 from services.controller.clients import ServiceClients
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 
 RATE_HZ = 16_000
 PREROLL_S = 1.5  # audio kept before speech start (VAD confirms speech after min_speech_ms)
@@ -35,9 +38,29 @@ def pcm16_chunk(samples: np.ndarray) -> audio_pb2.AudioChunk:
     return audio_pb2.AudioChunk(format=fmt, data=float_to_pcm16(samples))
 
 
-async def _drain(queue: asyncio.Queue[np.ndarray | None]) -> AsyncIterator[np.ndarray]:
-    while (chunk := await queue.get()) is not None:
-        yield chunk
+class QueueRequests(Generic[ItemT, T]):
+    """Request iterator for a streaming call: messages from a queue until ``None``.
+
+    A plain class rather than an async generator: grpc.aio consumes request iterators in its
+    own task, and closing a cancelled call must not try to ``aclose()`` a running generator.
+    """
+
+    def __init__(
+        self, queue: asyncio.Queue[ItemT | None], make: Callable[[ItemT], T], first: T | None = None
+    ) -> None:
+        self._queue, self._make, self._first = queue, make, first
+
+    def __aiter__(self) -> QueueRequests[ItemT, T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        chunk = await self._queue.get()
+        if chunk is None:
+            raise StopAsyncIteration
+        return self._make(chunk)
 
 
 def _put_latest(queue: asyncio.Queue[np.ndarray | None], item: np.ndarray | None) -> None:
@@ -58,11 +81,10 @@ class TokenizerStream:
         self._task = asyncio.create_task(self._run(clients, timeout_s))
 
     async def _run(self, clients: ServiceClients, timeout_s: float) -> list[int]:
-        async def requests() -> AsyncIterator[tokenizer_pb2.TokenizeStreamRequest]:
-            async for chunk in _drain(self._queue):
-                yield tokenizer_pb2.TokenizeStreamRequest(audio=pcm16_chunk(chunk))
-
-        call = clients.tokenizer.TokenizeStream(requests(), timeout=timeout_s)
+        requests = QueueRequests(
+            self._queue, lambda chunk: tokenizer_pb2.TokenizeStreamRequest(audio=pcm16_chunk(chunk))
+        )
+        call = clients.tokenizer.TokenizeStream(requests, timeout=timeout_s)
         async for reply in call:
             self.token_ids.extend(reply.token_ids)
         return self.token_ids
@@ -125,12 +147,12 @@ class InputAudio:
         queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self._vad_queue, self.vad_origin = queue, self.total_samples
 
-        async def requests() -> AsyncIterator[vad_pb2.DetectSpeechRequest]:
-            yield vad_pb2.DetectSpeechRequest(config=config)
-            async for chunk in _drain(queue):
-                yield vad_pb2.DetectSpeechRequest(audio=pcm16_chunk(chunk))
-
-        call = self.clients.vad.DetectSpeech(requests())
+        requests = QueueRequests(
+            queue,
+            lambda chunk: vad_pb2.DetectSpeechRequest(audio=pcm16_chunk(chunk)),
+            first=vad_pb2.DetectSpeechRequest(config=config),
+        )
+        call = self.clients.vad.DetectSpeech(requests)
         try:
             async for event in call:
                 yield event

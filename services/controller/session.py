@@ -66,7 +66,11 @@ log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 OUTBOUND_QUEUE = 512  # events; ≈ 10 s of 20 ms audio deltas
-SEND_TIMEOUT_S = 5.0  # a client that does not read for this long is closed (slow consumer)
+SEND_TIMEOUT_S = 5.0
+VAD_RETRY_FIRST_S, VAD_RETRY_MAX_S = (
+    0.2,
+    5.0,
+)  # a client that does not read for this long is closed (slow consumer)
 _VAD_STARTED = vad_pb2.SpeechEvent.SPEECH_STARTED
 _VAD_PAUSED = vad_pb2.SpeechEvent.SPEECH_PAUSED
 _VAD_RESUMED = vad_pb2.SpeechEvent.SPEECH_RESUMED
@@ -260,6 +264,8 @@ class RealtimeSession:
                 await self._commit_audio()
             case AudioClearEvent():
                 await self.audio.abandon_utterance()
+                if self.settings.turn_detection == "none":  # push-to-talk keeps capturing
+                    self.audio.start_utterance(None, stream_tokens=False)
                 await self.send({"type": "input_audio_buffer.cleared"})
             case ItemCreateEvent(item=item):
                 await self._create_text_item("".join(part.text for part in item.content))
@@ -316,25 +322,35 @@ class RealtimeSession:
             self._vad_task = asyncio.create_task(self._vad_loop(), name=f"vad-{self.session_id}")
 
     async def _vad_loop(self) -> None:
+        """One VAD stream for the session; reopened with backoff if the service drops it."""
         s = self.settings
+        pause_ms = (
+            s.speculate_after_ms if s.speculative and s.speculate_after_ms < s.silence_ms else 0
+        )
         config = vad_pb2.VadConfig(
             threshold=s.vad_threshold,
             min_speech_ms=s.min_speech_ms,
             min_silence_ms=s.silence_ms,
-            pause_ms=s.speculate_after_ms
-            if s.speculative and s.speculate_after_ms < s.silence_ms
-            else 0,
+            pause_ms=pause_ms,
         )
-        try:
-            async for event in self.audio.vad_events(config):
-                await self._on_vad_event(event)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
+        backoff, reported = VAD_RETRY_FIRST_S, False
+        while not self.closed:
+            try:
+                async for event in self.audio.vad_events(config):
+                    backoff, reported = VAD_RETRY_FIRST_S, False
+                    await self._on_vad_event(event)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    return
                 code = code_from_rpc_error(exc, "vad")
                 self.state.metrics.record_error(code)
-                await self.send(
-                    error_event(code, f"voice activity detection failed: {exc.details()}")
-                )
+                if not reported:  # once per outage; audio during it gets no turn detection
+                    reported = True
+                    message = f"voice activity detection unavailable ({exc.code().name}); retrying"
+                    await self.send(error_event(code, message))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, VAD_RETRY_MAX_S)
 
     async def _on_vad_event(self, event: vad_pb2.SpeechEvent) -> None:
         if event.kind == _VAD_STARTED:
@@ -525,6 +541,7 @@ class RealtimeSession:
             max_tokens=self.settings.max_reply_tokens,
             max_prompt_tokens=turn.context_token_budget,
             rpc_timeout_s=self.state.settings.rpc_timeout_s,
+            seed=turn.seed,
         )
         await reply.sink.event({"type": "response.created", "response": {"id": reply.response_id}})
         status, error = "completed", None

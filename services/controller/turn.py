@@ -23,12 +23,14 @@ from stepaudio.serving.v1 import audio_pb2, llm_pb2, tts_pb2
 
 from services.common.audio import StreamResampler, float_to_pcm16
 from services.controller.clients import ServiceClients
+from services.controller.input_audio import QueueRequests
 from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE, is_audio_id
 
 # A clause ends at CJK punctuation or ?!; at once; Latin , : . only once the next character is
 # a space (the stream may still continue "3." into "3.5").
 _CLAUSE_END = re.compile(r"[。！？；，、：!?;]|[,:.](?=\s)")
 MIN_FIRST_CLAUSE_CHARS = 2
+AUDIO_AHEAD = 1024  # decoded chunks waiting for paced playback (TTS runs ahead of real time)
 MAX_CLAUSE_CHARS = 120
 
 
@@ -131,19 +133,20 @@ class ResponseSink:
         )
 
     async def audio(self, pcm: np.ndarray, clause: str | None) -> None:
-        """float32 mono at the output rate."""
+        """float32 mono at the output rate; sent in ≤100 ms slices so pacing is fine-grained."""
         if not pcm.size:
             return
-        seconds = pcm.size / self.output_rate_hz
-        payload = self._audio_payload(pcm)
-        if self.held:
-            self._held_events.append((payload, seconds))
-            if clause is not None and clause not in self.progress.spoken_clauses[-1:]:
-                self.progress.spoken_clauses.append(clause)
-            return
-        await self._send_audio(payload, seconds)
         if clause is not None and clause not in self.progress.spoken_clauses[-1:]:
             self.progress.spoken_clauses.append(clause)
+        step = max(1, self.output_rate_hz // 10)
+        for start in range(0, pcm.size, step):
+            piece = pcm[start : start + step]
+            seconds = piece.size / self.output_rate_hz
+            payload = self._audio_payload(piece)
+            if self.held:
+                self._held_events.append((payload, seconds))
+            else:
+                await self._send_audio(payload, seconds)
 
     def _audio_payload(self, pcm: np.ndarray) -> dict[str, Any] | bytes:
         data = float_to_pcm16(pcm)
@@ -236,8 +239,13 @@ class ResponseRunner:
     # -- cascade ---------------------------------------------------------------------------
 
     async def _run_cascade(self) -> None:
+        """LLM → clauses → TTS (runs ahead) → audio queue → paced playback, all concurrent."""
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
-        speaker = asyncio.create_task(self._speak_clauses(clauses))
+        audio: asyncio.Queue[tuple[np.ndarray, str] | None] = asyncio.Queue(maxsize=AUDIO_AHEAD)
+        workers = [
+            asyncio.create_task(self._speak_clauses(clauses, audio)),
+            asyncio.create_task(self._play(audio)),
+        ]
         try:
             splitter = ClauseSplitter()
             async for reply in self._llm_stream(self.clients.llm):
@@ -250,31 +258,45 @@ class ResponseRunner:
             for clause in splitter.flush():
                 await clauses.put(clause)
             await clauses.put(None)
-            await speaker
+            await asyncio.gather(*workers)
         finally:
-            if not speaker.done():
-                speaker.cancel()
-                await asyncio.gather(speaker, return_exceptions=True)
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _speak_clauses(self, clauses: asyncio.Queue[str | None]) -> None:
+    async def _speak_clauses(
+        self,
+        clauses: asyncio.Queue[str | None],
+        audio: asyncio.Queue[tuple[np.ndarray, str] | None],
+    ) -> None:
         index = 0
         while (clause := await clauses.get()) is not None:
             if index > 0:  # a held (speculative) response speaks only its first clause
                 await self.sink.released.wait()
-            await self._synthesize(clause)
+            await self._synthesize(clause, index, audio)
             index += 1
+        await audio.put(None)
 
-    async def _synthesize(self, clause: str) -> None:
+    async def _synthesize(
+        self, clause: str, index: int, audio: asyncio.Queue[tuple[np.ndarray, str] | None]
+    ) -> None:
+        options = tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz)
+        if self.plan.seed is not None:
+            options.seed = self.plan.seed + index
         request = tts_pb2.SynthesizeRequest(
-            request_id=f"{self.plan.response_id}-{len(self.progress.spoken_clauses)}",
+            request_id=f"{self.plan.response_id}-{index}",
             text=clause,
             voice=self.plan.voice,
-            options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz),
+            options=options,
         )
         async for reply in self.clients.tts.Synthesize(request, timeout=self.plan.rpc_timeout_s):
             if reply.audio.data:
                 self.sink.mark("tts_first_chunk")
-                await self.sink.audio(self._to_output(reply.audio), clause)
+                await audio.put((self._to_output(reply.audio), clause))
+
+    async def _play(self, audio: asyncio.Queue[tuple[np.ndarray, str] | None]) -> None:
+        while (item := await audio.get()) is not None:
+            await self.sink.audio(*item)
 
     def _to_output(self, chunk: audio_pb2.AudioChunk) -> np.ndarray:
         rate = chunk.format.sample_rate_hz
@@ -311,17 +333,19 @@ class ResponseRunner:
                 await asyncio.gather(vocoder, return_exceptions=True)
 
     async def _vocode(self, groups: asyncio.Queue[list[int] | None]) -> None:
-        async def requests() -> AsyncIterator[tts_pb2.VocodeRequest]:
-            config = tts_pb2.VocodeRequest.VocodeConfig(
-                request_id=self.plan.response_id,
-                voice=self.plan.voice,
-                options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz),
-            )
-            yield tts_pb2.VocodeRequest(config=config)
-            while (ids := await groups.get()) is not None:
-                yield tts_pb2.VocodeRequest(tokens=tts_pb2.VocodeRequest.AudioTokens(token_ids=ids))
-
-        call = self.clients.tts.Vocode(requests(), timeout=self.plan.rpc_timeout_s)
+        config = tts_pb2.VocodeRequest.VocodeConfig(
+            request_id=self.plan.response_id,
+            voice=self.plan.voice,
+            options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz),
+        )
+        requests = QueueRequests(
+            groups,
+            lambda ids: tts_pb2.VocodeRequest(
+                tokens=tts_pb2.VocodeRequest.AudioTokens(token_ids=ids)
+            ),
+            first=tts_pb2.VocodeRequest(config=config),
+        )
+        call = self.clients.tts.Vocode(requests, timeout=self.plan.rpc_timeout_s)
         async for reply in call:
             if reply.audio.data:
                 self.sink.mark("tts_first_chunk")

@@ -47,9 +47,7 @@ class Stack:
 
     def metric(self, service: str, name: str, **labels: str) -> float:
         registry = (
-            self.controller_registry
-            if service == "controller"
-            else self.services[service].registry
+            self.controller_registry if service == "controller" else self.services[service].registry
         )
         return registry.get_sample_value(name, labels or None) or 0.0
 
@@ -61,6 +59,7 @@ async def running_stack(
     workdir: Path,
     *,
     controller: dict[str, Any] | None = None,
+    tts: dict[str, Any] | None = None,
     e2e: bool = False,
 ) -> AsyncIterator[Stack]:
     """Start VAD, tokenizer, LLM (+ an end-to-end LLM), TTS and the controller."""
@@ -69,7 +68,12 @@ async def running_stack(
         "vad": (VadService, VadSettings(**common)),
         "tokenizer": (TokenizerService, TokenizerSettings(**common, model_dir=model_dir)),
         "llm": (LlmService, LlmSettings(**common, model_dir=model_dir)),
-        "tts": (TtsService, TtsSettings(**common, model_dir=model_dir, voices_dir=workdir / "voices")),
+        "tts": (
+            TtsService,
+            TtsSettings(
+                **common, model_dir=model_dir, voices_dir=workdir / "voices", **(tts or {})
+            ),
+        ),
     }
     if e2e:
         services["e2e_llm"] = (
