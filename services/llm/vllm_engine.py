@@ -1,7 +1,7 @@
 """The vLLM engine behind ``LlmEngine``: in-process ``AsyncLLM`` (vLLM 0.26) for Step1 models.
 
-GPU hosts only, and vllm is imported only inside ``VllmLlmEngine.start`` (and by the modules
-vLLM itself loads), so the CPU path can import this module for its settings and pure helpers.
+GPU hosts only. vllm is imported only inside functions and methods that need it (and by the
+modules vLLM itself loads), so the CPU path imports this module for its settings and helpers.
 
 Semantics match the torch engine (services/llm/engine.py): prompts are token ids, outputs are
 the new ids since the previous output, the stop id is not part of the output, a consumer that
