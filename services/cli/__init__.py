@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "clients",
     "demo",
     "tokenize",
+    "tts",
 ]
 
 

@@ -61,7 +61,7 @@ def tts_spec() -> TinyLmSpec:
         vocab_size=VOCAB_SIZE,
         max_seq_len=8192,
     )
-    return TinyLmSpec(config, emits_text=False, emits_audio=True, eot_margin=0.2, shards=1)
+    return TinyLmSpec(config, emits_text=False, emits_audio=True, eot_margin=0.15, shards=1)
 
 
 def aqaa_spec() -> TinyLmSpec:
