@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, MiB
+from services.llm.vllm_engine import VllmEngineSettings
 from services.models import layout
 
 
@@ -28,6 +29,11 @@ class LlmSettings(BaseServiceSettings):
     )
     engine: Literal["torch", "vllm"] = Field(
         "torch", description="torch = CPU/GPU reference engine; vllm = vLLM AsyncLLM (GPU)."
+    )
+    vllm: VllmEngineSettings = Field(
+        # Chat needs no RAS processor; without it vLLM keeps its faster model runner
+        default_factory=lambda: VllmEngineSettings(repetition_aware=False),
+        description="vLLM options (engine=vllm).",
     )
     device: str = Field("cpu", description="torch engine device (cpu, cuda, cuda:1).")
     max_running: int = Field(8, ge=1, le=1024, description="Sequences decoded together.")

@@ -300,9 +300,7 @@ class VllmLlmEngine:
 
     @classmethod
     def from_settings(cls, settings: LlmSettings) -> VllmLlmEngine:
-        # the LLM settings nest these as ``vllm``; defaults until that field exists
-        vllm_settings = getattr(settings, "vllm", None) or VllmEngineSettings()
-        return cls(settings.model_path, vllm_settings)
+        return cls(settings.model_path, settings.vllm)
 
     @property
     def vocab_size(self) -> int:
