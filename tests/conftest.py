@@ -41,11 +41,11 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The complete tiny model pack (all three model folders + speakers), written once."""
+    """The complete tiny model pack (+ the end-to-end AQAA folder), written once."""
     from services.models.tiny import write_tiny_pack
 
     root = tmp_path_factory.mktemp("tiny-pack")
-    write_tiny_pack(root)
+    write_tiny_pack(root, variant="aqaa")
     yield root
 
 

@@ -85,14 +85,19 @@ class RealtimeClient:
         await self.send({"type": "session.update", "session": session})
         return await self.wait_for("session.updated")
 
-    async def wait_for(self, kind: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    async def wait_for(
+        self, kind: str, timeout_s: float = 120.0, tolerate: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """The next event of type ``kind``; an error event on the way raises, unless its
+        code is in ``tolerate``."""
         deadline = time.monotonic() + timeout_s
         while True:
             event = await self.next_event(max(0.1, deadline - time.monotonic()))
             if event.get("type") == kind:
                 return event
             if event.get("type") == "error" and kind != "error":
-                raise RealtimeError(event["error"])
+                if event["error"].get("code") not in tolerate:
+                    raise RealtimeError(event["error"])
 
     async def stream_audio(
         self, samples: np.ndarray, rate_hz: int, *, realtime: bool = True, json_frames: bool = False
@@ -113,12 +118,18 @@ class RealtimeClient:
                     await asyncio.sleep(delay)
 
     async def speak_and_wait(
-        self, samples: np.ndarray, rate_hz: int, *, silence_s: float = 1.5, timeout_s: float = 120
+        self,
+        samples: np.ndarray,
+        rate_hz: int,
+        *,
+        silence_s: float = 1.5,
+        timeout_s: float = 120,
+        tolerate: tuple[str, ...] = (),
     ) -> TurnResult:
         """Speak a clip followed by silence (the VAD ends the turn), wait for response.done."""
         silence = np.zeros(int(rate_hz * silence_s), dtype=np.float32)
         await self.stream_audio(np.concatenate([samples, silence]), rate_hz)
-        done = await self.wait_for("response.done", timeout_s)
+        done = await self.wait_for("response.done", timeout_s, tolerate)
         self.result.done = done["response"]
         return self.result
 

@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     INVALID_ARGUMENT = "invalid_argument"
     INVALID_AUDIO = "invalid_audio"
+    INVALID_AUDIO_TOKENS = "invalid_audio_tokens"
     EMPTY_AUDIO = "empty_audio"
     FRAME_TOO_LARGE = "frame_too_large"
     UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
@@ -66,6 +67,7 @@ ERROR_KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.UNKNOWN_EVENT: _BAD_REQUEST,
     ErrorCode.INVALID_ARGUMENT: _BAD_REQUEST,
     ErrorCode.INVALID_AUDIO: _BAD_REQUEST,
+    ErrorCode.INVALID_AUDIO_TOKENS: _BAD_REQUEST,
     ErrorCode.EMPTY_AUDIO: _BAD_REQUEST,
     ErrorCode.FRAME_TOO_LARGE: ErrorKind(_S.INVALID_ARGUMENT, 413),
     ErrorCode.UNSUPPORTED_SAMPLE_RATE: _BAD_REQUEST,

@@ -55,9 +55,12 @@ class ServiceMetrics:
         documentation: str,
         unit: str = "seconds",
         buckets: Sequence[float] = LATENCY_BUCKETS_S,
+        labels: Sequence[str] = (),
     ) -> Histogram:
         name = metric_name(self.service, thing, unit)
-        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
+        return Histogram(
+            name, documentation, labelnames=labels, buckets=buckets, registry=self.registry
+        )
 
     def counter(self, thing: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
         # prometheus_client appends "_total" itself.

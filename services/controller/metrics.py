@@ -15,7 +15,9 @@ class ControllerMetrics:
         self.record_error = base.record_error
         self.active_sessions = base.gauge("active_sessions", "Open realtime WebSocket sessions.")
         self.time_to_first_audio = base.histogram(
-            "time_to_first_audio", "End of user speech to the first reply audio byte sent."
+            "time_to_first_audio",
+            "End of user speech to the first reply audio byte sent, by pipeline.",
+            labels=["pipeline"],
         )
         self.tokenizer_tail = base.histogram(
             "tokenizer_tail", "End of speech to the utterance's final audio tokens."

@@ -579,6 +579,7 @@ class RealtimeSession:
                 "pipeline": self.settings.pipeline,
                 "text": text,
                 "audio_seconds": round(progress.audio_seconds_sent, 3),
+                "audio_tokens": progress.audio_token_ids,
                 "timings_ms": timings,
             },
         }
@@ -589,8 +590,10 @@ class RealtimeSession:
 
     def _observe(self, reply: Reply, timings: dict[str, float]) -> None:
         m = self.state.metrics
+        if "first_audio" in timings:
+            first_audio = max(0.0, timings["first_audio"] / 1000)
+            m.time_to_first_audio.labels(pipeline=self.settings.pipeline).observe(first_audio)
         for stage, histogram in (
-            ("first_audio", m.time_to_first_audio),
             ("llm_first_token", m.llm_first_token),
             ("tts_first_chunk", m.tts_first_chunk),
         ):

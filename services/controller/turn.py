@@ -24,7 +24,8 @@ from stepaudio.serving.v1 import audio_pb2, llm_pb2, tts_pb2
 from services.common.audio import StreamResampler, float_to_pcm16
 from services.controller.clients import ServiceClients
 from services.controller.input_audio import QueueRequests
-from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE, is_audio_id
+from services.controller.protocol import error_event
+from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE, in_audio_block, is_audio_id
 
 # A clause ends at CJK punctuation or ?!; at once; Latin , : . only once the next character is
 # a space (the stream may still continue "3." into "3.5").
@@ -76,7 +77,8 @@ class ResponseProgress:
     text_generated: str = ""
     spoken_clauses: list[str] = field(default_factory=list)  # clauses whose audio was sent
     audio_seconds_sent: float = 0.0
-    audio_token_ids: int = 0
+    audio_token_ids: int = 0  # end to end: whole-group audio ids sent to the vocoder
+    invalid_audio_ids: int = 0
     marks: dict[str, float] = field(default_factory=dict)  # stage → monotonic time (first)
 
     def mark(self, stage: str) -> None:
@@ -86,8 +88,12 @@ class ResponseProgress:
         """Stage times relative to ``origin`` (end of speech); negative = before it."""
         return {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()}
 
+    text_with_audio: bool = False  # end to end: text and audio come interleaved from one model
+
     @property
     def text_sent(self) -> str:
+        if self.text_with_audio:  # no clause alignment: the text generated while audio flowed
+            return self.text_generated if self.audio_seconds_sent else ""
         return " ".join(self.spoken_clauses) if self.spoken_clauses else ""
 
 
@@ -269,12 +275,15 @@ class ResponseRunner:
         clauses: asyncio.Queue[str | None],
         audio: asyncio.Queue[tuple[np.ndarray, str] | None],
     ) -> None:
-        index = 0
+        index, clause_text = 0, ""
         while (clause := await clauses.get()) is not None:
+            clause_text = clause
             if index > 0:  # a held (speculative) response speaks only its first clause
                 await self.sink.released.wait()
             await self._synthesize(clause, index, audio)
             index += 1
+        if (tail := self._flush_output()).size:
+            await audio.put((tail, clause_text))
         await audio.put(None)
 
     async def _synthesize(
@@ -298,6 +307,12 @@ class ResponseRunner:
         while (item := await audio.get()) is not None:
             await self.sink.audio(*item)
 
+    def _flush_output(self) -> np.ndarray:
+        """The resampler's last samples (its filter delay), once the audio has ended."""
+        if self._resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._resampler.process(np.zeros(0, dtype=np.float32), last=True)
+
     def _to_output(self, chunk: audio_pb2.AudioChunk) -> np.ndarray:
         rate = chunk.format.sample_rate_hz
         if self._resampler is None or self._resampler.from_hz != rate:
@@ -307,30 +322,50 @@ class ResponseRunner:
     # -- end to end ------------------------------------------------------------------------
 
     async def _run_end_to_end(self) -> None:
+        """Text ids → text deltas; whole 5-id audio groups → the TTS service's Vocode."""
         if self.clients.e2e_llm is None:
             raise E2eUnavailable(
                 "this deployment has no end-to-end LLM (CONTROLLER_SERVICES__E2E_LLM)"
             )
+        self.progress.text_with_audio = True
         groups: asyncio.Queue[list[int] | None] = asyncio.Queue(maxsize=256)
         vocoder = asyncio.create_task(self._vocode(groups))
         try:
             pending: list[int] = []
+            reserved = 0
             async for reply in self._llm_stream(self.clients.e2e_llm):
                 if reply.text:
                     self.progress.text_generated += reply.text
                     await self.sink.text_delta(reply.text)
+                # text vs audio is read from each id, never from an assumed interleave ratio
                 pending += [i for i in reply.token_ids if is_audio_id(i)]
+                reserved += sum(
+                    1 for i in reply.token_ids if in_audio_block(i) and not is_audio_id(i)
+                )
                 whole = len(pending) - len(pending) % GROUP_SIZE
                 if whole:
                     self.progress.audio_token_ids += whole
                     await groups.put(pending[:whole])
                     pending = pending[whole:]
-            await groups.put(None)  # an incomplete trailing group is dropped, as upstream
+            await groups.put(None)
             await vocoder
+            await self._report_malformed(reserved, len(pending))
         finally:
             if not vocoder.done():
                 vocoder.cancel()
                 await asyncio.gather(vocoder, return_exceptions=True)
+
+    async def _report_malformed(self, reserved: int, leftover: int) -> None:
+        """Malformed audio from the LLM is named to the client; the reply and session go on."""
+        problems = []
+        if reserved:
+            problems.append(f"{reserved} id(s) outside the 5120 audio codes were skipped")
+        if leftover:
+            problems.append(f"an incomplete audio group ({leftover} of 5 ids) was dropped")
+        if problems:
+            self.progress.invalid_audio_ids += reserved + leftover
+            message = "the end-to-end model's audio tokens were malformed: " + "; ".join(problems)
+            await self.sink.event(error_event("invalid_audio_tokens", message))
 
     async def _vocode(self, groups: asyncio.Queue[list[int] | None]) -> None:
         config = tts_pb2.VocodeRequest.VocodeConfig(
@@ -349,7 +384,8 @@ class ResponseRunner:
         async for reply in call:
             if reply.audio.data:
                 self.sink.mark("tts_first_chunk")
-                await self.sink.audio(self._to_output(reply.audio), self.progress.text_generated)
+                await self.sink.audio(self._to_output(reply.audio), None)
+        await self.sink.audio(self._flush_output(), None)
 
 
 class E2eUnavailable(RuntimeError):

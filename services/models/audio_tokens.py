@@ -27,6 +27,11 @@ def is_audio_id(token_id: int) -> bool:
     return AUDIO_ID_OFFSET <= token_id < AUDIO_ID_OFFSET + AUDIO_CODES
 
 
+def in_audio_block(token_id: int) -> bool:
+    """Any id of the LLM's audio block (65536 and up), the 4096 reserved ones included."""
+    return token_id >= AUDIO_ID_OFFSET
+
+
 def interleave(linguistic: Sequence[int], semantic: Sequence[int]) -> list[int]:
     """LLM ids for whole 2+3 groups of codes; codes past the last whole group are dropped."""
     groups = min(len(linguistic) // GROUP_LINGUISTIC, len(semantic) // GROUP_SEMANTIC)

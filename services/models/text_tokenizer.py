@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from services.models.audio_tokens import AUDIO_ID_OFFSET, is_audio_id
+from services.models.audio_tokens import AUDIO_ID_OFFSET, in_audio_block
 from services.models.checkpoint import CheckpointError
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -73,8 +73,8 @@ class TextTokenizer:
         return ids[len(prefix) :]
 
     def decode(self, ids: Iterable[int], *, skip_audio: bool = True) -> str:
-        """Text of the non-audio ids; audio ids are dropped (or kept as ``<audio_N>``)."""
-        kept = [i for i in ids if not (skip_audio and is_audio_id(i))]
+        """Text of the non-audio ids; audio-block ids are dropped (or kept as ``<audio_N>``)."""
+        kept = [i for i in ids if not (skip_audio and in_audio_block(i))]
         return str(self._sp.DecodeIds(kept))
 
     def piece(self, token_id: int) -> str:
@@ -97,7 +97,7 @@ class IncrementalDecoder:
         self._emitted = 0
 
     def push(self, ids: Iterable[int]) -> str:
-        self._text_ids.extend(i for i in ids if not is_audio_id(i))
+        self._text_ids.extend(i for i in ids if not in_audio_block(i))
         text = self._tokenizer.decode(self._text_ids)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character
             return ""

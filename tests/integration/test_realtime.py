@@ -84,7 +84,10 @@ async def test_spoken_turn_returns_audio_and_metrics(
     async with httpx.AsyncClient(base_url=stack.url) as http:
         metrics = (await http.get("/metrics")).text
         ready = await http.get("/readyz")
-    for name in ("time_to_first_audio", "llm_first_token", "tts_first_chunk", "tokenizer_tail"):
+    first_audio = "stepaudio_controller_time_to_first_audio_seconds_count"
+    assert stack.metric("controller", first_audio, pipeline="cascade") >= 1
+    assert f'{first_audio}{{pipeline="cascade"}}' in metrics
+    for name in ("llm_first_token", "tts_first_chunk", "tokenizer_tail"):
         count = stack.metric("controller", f"stepaudio_controller_{name}_seconds_count")
         assert count >= 1, name
         assert f"stepaudio_controller_{name}_seconds_count" in metrics
