@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "demo",
     "tokenize",
     "tts",
+    "config",
 ]
 
 
