@@ -35,7 +35,9 @@ protos: build/proto/.stamp ## generate gRPC stubs from protos/ into build/proto
 demo: setup ## tiny pack (unless STEPAUDIO_MODEL_DIR is set), start the stack, one spoken exchange
 	$(VENV)/bin/stepaudio demo --out var/demo
 
-test: setup ## run the whole test suite
+test: setup ## lint, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 test-fast: setup ## unit tests only
