@@ -14,6 +14,7 @@ else vLLM silently ties it to the embeddings), stop id 3 given explicitly (the t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -111,13 +112,25 @@ class VllmEngineSettings(BaseModel):
         return self
 
 
+def step1_overrides(model_dir: Path) -> dict[str, Any]:
+    """Config overrides: lm_head stays untied; a Step1-compatible checkpoint published under
+    another architecture name (AQAA-style, docs/models.md) is served as Step1ForCausalLM."""
+    overrides: dict[str, Any] = {"tie_word_embeddings": False}
+    config_path = model_dir / "config.json"
+    if config_path.is_file():
+        archs = json.loads(config_path.read_text()).get("architectures") or []
+        if "Step1ForCausalLM" not in archs:
+            overrides["architectures"] = ["Step1ForCausalLM"]
+    return overrides
+
+
 def engine_kwargs(settings: VllmEngineSettings, model_dir: Path) -> dict[str, Any]:
     """Keyword arguments for vLLM's ``AsyncEngineArgs`` (and ``LLM``)."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "skip_tokenizer_init": True,  # prompts and outputs are ids
         "trust_remote_code": True,  # configuration_step1.py (model_type step1)
-        "hf_overrides": {"tie_word_embeddings": False},
+        "hf_overrides": step1_overrides(model_dir),
         "generation_config": "vllm",  # every sampling value comes from the request
         "dtype": settings.dtype,
         "quantization": settings.quantization,

@@ -427,3 +427,12 @@ def test_greedy_choice_with_ras_matches_the_torch_sampler() -> None:
     greedy = dataclasses.replace(TTS_DEFAULTS, temperature=0.0)
     expected = [select_token(logits[i], greedy, generator, h) for i, h in enumerate(histories)]
     assert chosen == expected
+
+
+def test_aqaa_style_checkpoints_are_served_as_step1(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"architectures": ["StepOmniForCausalLM"]}')
+    overrides = engine_kwargs(VllmEngineSettings(), tmp_path)["hf_overrides"]
+    assert overrides == {"tie_word_embeddings": False, "architectures": ["Step1ForCausalLM"]}
+    (tmp_path / "config.json").write_text('{"architectures": ["Step1ForCausalLM"]}')
+    overrides = engine_kwargs(VllmEngineSettings(), tmp_path)["hf_overrides"]
+    assert overrides == {"tie_word_embeddings": False}
