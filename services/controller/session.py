@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from fastapi import WebSocket
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from stepaudio.serving.v1 import llm_pb2, vad_pb2
 
 from services.common.audio import AudioError, pcm16_to_float
@@ -309,7 +310,10 @@ class RealtimeSession:
             await self.audio.abandon_utterance()
             if candidate.turn_detection == "none":  # push-to-talk: everything until commit
                 self.audio.start_utterance(None, stream_tokens=False)
-        await self.state.store.save_settings(self.session_id, candidate.to_dict())
+        try:
+            await self.state.store.save_settings(self.session_id, candidate.to_dict())
+        except (RedisError, OSError, SessionNotFound) as exc:
+            await self._store_unavailable(exc)
         await self.send({"type": "session.updated", "session": self._describe()})
 
     # -- VAD-driven turn detection -----------------------------------------------------------
@@ -470,13 +474,27 @@ class RealtimeSession:
         return {"id": turn.id, "type": "message", "role": turn.role, "content": [content]}
 
     async def _store_turn(self, turn: Turn) -> None:
+        """Keep the turn in memory (the live call goes on) and in Redis (for resumes)."""
         self.turns.append(turn)
+        try:
+            await self._persist(turn)
+        except (RedisError, OSError) as exc:
+            await self._store_unavailable(exc)
+
+    async def _persist(self, turn: Turn) -> None:
         try:
             await self.state.store.append_turn(self.session_id, turn)
         except SessionNotFound:  # expired mid-session: start it again with what we have
             await self.state.store.create(self.settings.to_dict(), self.session_id)
-            for stored in self.turns:
+            for stored in self.turns:  # append is idempotent by turn id
                 await self.state.store.append_turn(self.session_id, stored)
+
+    async def _store_unavailable(self, exc: BaseException) -> None:
+        """Redis is down: the conversation continues from memory; the client is told."""
+        log.warning("session store unavailable session=%s: %s", self.session_id, exc)
+        self.state.metrics.record_error(ErrorCode.UNAVAILABLE)
+        message = "session store unavailable: this turn may not be saved for a later resume"
+        await self.send(error_event(ErrorCode.UNAVAILABLE, message))
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -643,7 +661,10 @@ class RealtimeSession:
             return
         turn.transcript = text.strip()
         turn.transcript_tokens = completion_tokens
-        await self.state.store.update_turn(self.session_id, turn)
+        try:
+            await self.state.store.update_turn(self.session_id, turn)
+        except (RedisError, OSError) as exc:
+            await self._store_unavailable(exc)
         self.state.metrics.transcriptions.labels(outcome="completed").inc()
         await self.send(
             {

@@ -261,3 +261,35 @@ async def test_disconnect_mid_reply_frees_tasks_and_keeps_context(
         assert [t.role for t in turns] == ["user", "assistant"] and turns[1].interrupted
         assert stack.services["llm"].engine.engine.num_running == 0
         assert stack.services["tts"].engine.models.lm.engine.num_running == 0
+
+
+async def test_redis_outage_keeps_live_sessions_and_refuses_new_ones(
+    tiny_pack: Path, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        async with (
+            running_stack(tiny_pack, redis.url, tmp_path) as stack,
+            RealtimeClient(stack.url) as client,
+        ):
+            await client.configure(speculative=False, transcribe=False)
+            redis.stop(kill=True)
+            await client.send(
+                {"type": "conversation.item.create",
+                 "item": {"type": "message", "role": "user",
+                          "content": [{"type": "input_text", "text": "Still there?"}]}}
+            )  # fmt: skip
+            error = await client.wait_for("error")
+            assert error["error"]["code"] == "unavailable"
+            await client.send({"type": "response.create"})
+            done = await client.wait_for("response.done", tolerate=("unavailable",))
+            assert done["response"]["status"] == "completed"  # the live call goes on
+            async with httpx.AsyncClient(base_url=stack.url) as http:
+                assert (await http.get("/readyz")).status_code == 503
+            url = stack.url.replace("http", "ws") + "/v1/realtime"
+            async with websockets.connect(url) as refused:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await refused.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    finally:
+        redis.stop()

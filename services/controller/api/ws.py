@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, WebSocket
+from redis.exceptions import RedisError
 
 from services.controller.session import RealtimeSession
 from services.controller.state import ControllerState
@@ -23,7 +24,12 @@ async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
     state.metrics.active_sessions.inc()
     try:
         await ws.accept()
-        session, resumed, expired = await RealtimeSession.open(ws, state, session_id)
+        try:
+            session, resumed, expired = await RealtimeSession.open(ws, state, session_id)
+        except (RedisError, OSError) as exc:  # no store: no new sessions (readiness is false too)
+            log.warning("refusing a session: session store unavailable: %s", exc)
+            await ws.close(code=1013, reason="session store unavailable")
+            return
         await session.run(resumed=resumed, expired=expired)
     finally:
         state.slots.release()
