@@ -137,8 +137,7 @@ def test_options_are_finite_and_keepalive_compatible() -> None:
     assert 0 < client["grpc.max_receive_message_length"] < 2**31
     # Clients ping no more often than the server accepts, or they get GOAWAY too_many_pings.
     assert (
-        server["grpc.http2.min_ping_interval_without_data_ms"]
-        <= (client["grpc.keepalive_time_ms"])
+        server["grpc.http2.min_ping_interval_without_data_ms"] <= (client["grpc.keepalive_time_ms"])
     )
     config = json.loads(client["grpc.service_config"])
     (method_config,) = config["methodConfig"]
