@@ -564,7 +564,7 @@ class RealtimeSession:
         await reply.sink.event({"type": "response.created", "response": {"id": reply.response_id}})
         status, error = "completed", None
         try:
-            await ResponseRunner(self.state.clients, plan, reply.sink).run()
+            await self._run_with_shedding(reply, plan)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -577,6 +577,23 @@ class RealtimeSession:
         if error is not None:
             await self._service_error(error, "llm")
         await self._finish_reply(reply, status)
+
+    async def _run_with_shedding(self, reply: Reply, plan: ResponsePlan) -> None:
+        """Committed turns come first: a real reply that finds the LLM full cancels a
+        speculation (of any session) and tries again, before it waits or fails."""
+        while True:
+            try:
+                await ResponseRunner(self.state.clients, plan, reply.sink).run()
+                return
+            except grpc.aio.AioRpcError as exc:
+                overloaded = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                untouched = not reply.progress.marks  # nothing produced yet: safe to redo
+                if reply.speculative or not (overloaded and untouched):
+                    raise
+                if not self.state.speculation.shed_one():
+                    raise
+                self.state.metrics.speculations.labels(outcome="shed").inc()
+                await asyncio.sleep(0.05)  # let the cancelled speculation leave the LLM
 
     async def _finish_reply(self, reply: Reply, status: str, interrupted: bool = False) -> None:
         """Store the assistant turn (what was sent) and report response.done."""
