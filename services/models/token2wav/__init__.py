@@ -5,6 +5,8 @@ Audio codes (LLM id − 65536, 41.67 per second) + a speaker prompt → 22.05 kH
 See docs/token2wav.md.
 """
 
+from services.models.token2wav.accel import AccelOptions
+from services.models.token2wav.batching import StreamStep, step_streams
 from services.models.token2wav.checkpoint import CheckpointError
 from services.models.token2wav.config import Token2WavConfig, load_config
 from services.models.token2wav.model import Token2Wav
@@ -19,11 +21,13 @@ from services.models.token2wav.streaming import StreamOptions, Token2WavStream
 from services.models.token2wav.yaml_loader import YamlCall, YamlConfigError, load_hyperpyyaml_safe
 
 __all__ = [
+    "AccelOptions",
     "CheckpointError",
     "Speaker",
     "SpeakerPrompt",
     "SpeakerStore",
     "StreamOptions",
+    "StreamStep",
     "Token2Wav",
     "Token2WavConfig",
     "Token2WavStream",
@@ -33,4 +37,5 @@ __all__ = [
     "load_config",
     "load_hyperpyyaml_safe",
     "load_upstream_speakers",
+    "step_streams",
 ]

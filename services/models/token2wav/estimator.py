@@ -3,6 +3,12 @@
 Module names mirror upstream (Step-Audio `cosyvoice/flow/decoder.py`, `cosyvoice/matcha/*` and
 the diffusers blocks they use: `attn1.to_q`, `attn1.to_out.0`, `ff.net.0.proj`, `ff.net.2`) so
 `flow.pt` keys match. Every input is batched: (B, C, T) features, (B,) times, (B, C) speakers.
+
+Padded mode (`padded=True`): items of different lengths share one (B, C, T) tensor, right-padded,
+with `mask` marking the valid frames. Upstream masks every convolution input already; padded mode
+also computes GroupNorm statistics over the valid frames only and hides padded keys from
+attention, so each item's valid frames get what an unpadded call gives them (up to float
+summation order). Without padding (the default) the modules run exactly as upstream.
 """
 
 from __future__ import annotations
@@ -43,6 +49,26 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(self.act(self.linear_1(sample)))
 
 
+def masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of x (B, C, T) with statistics over the frames where mask (B, 1, T) is 1.
+
+    Computed in float32 (as torch's kernel accumulates) and returned in x's dtype. An item with
+    no valid frame (batch padding) gets finite garbage, never NaN.
+    """
+    b, c, t = x.shape
+    groups = norm.num_groups
+    xf = x.float().reshape(b, groups, c // groups, t)
+    m = mask.float().reshape(b, 1, 1, t)
+    count = (m.sum(dim=-1, keepdim=True) * (c // groups)).clamp(min=1.0)
+    mean = (xf * m).sum(dim=(2, 3), keepdim=True) / count
+    centred = xf - mean
+    var = (centred * m).pow(2).sum(dim=(2, 3), keepdim=True) / count
+    y = (centred * torch.rsqrt(var + norm.eps)).reshape(b, c, t)
+    if norm.affine:
+        y = y * norm.weight.float()[:, None] + norm.bias.float()[:, None]
+    return y.to(x.dtype)
+
+
 class Block1D(nn.Module):
     def __init__(self, dim: int, dim_out: int, groups: int = 8) -> None:
         super().__init__()
@@ -50,8 +76,11 @@ class Block1D(nn.Module):
             nn.Conv1d(dim, dim_out, 3, padding=1), nn.GroupNorm(groups, dim_out), nn.Mish()
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.block(x * mask) * mask
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        if not padded:
+            return self.block(x * mask) * mask
+        conv, norm, act = self.block
+        return act(masked_group_norm(norm, conv(x * mask), mask)) * mask
 
 
 class ResnetBlock1D(nn.Module):
@@ -62,9 +91,11 @@ class ResnetBlock1D(nn.Module):
         self.block2 = Block1D(dim_out, dim_out, groups=groups)
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        h = self.block1(x, mask) + self.mlp(time_emb).unsqueeze(-1)
-        return self.block2(h, mask) + self.res_conv(x * mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, padded: bool = False
+    ) -> torch.Tensor:
+        h = self.block1(x, mask, padded) + self.mlp(time_emb).unsqueeze(-1)
+        return self.block2(h, mask, padded) + self.res_conv(x * mask)
 
 
 class Downsample1D(nn.Module):
@@ -97,14 +128,15 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(query_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C); key_mask (B, 1, 1, T) bool, False for padded keys (None: all valid)."""
         b, t, _ = x.shape
 
         def split(h: torch.Tensor) -> torch.Tensor:
             return h.view(b, t, self.heads, -1).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(
-            split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
+            split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)), attn_mask=key_mask
         )
         return self.to_out[0](out.transpose(1, 2).reshape(b, t, -1))
 
@@ -151,8 +183,8 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), key_mask)
         return x + self.ff(self.norm3(x))
 
 
@@ -165,10 +197,13 @@ def _transformers(dim: int, config: EstimatorConfig) -> nn.ModuleList:
     )
 
 
-def _run_transformers(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+def _run_transformers(
+    blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor, padded: bool
+) -> torch.Tensor:
+    key_mask = mask.bool()[:, :, None, :] if padded else None  # (B, 1, 1, T)
     x = x.transpose(1, 2)
     for block in blocks:
-        x = block(x)
+        x = block(x, key_mask)
     return x.transpose(1, 2)
 
 
@@ -229,8 +264,12 @@ class ConditionalDecoder(nn.Module):
         t: torch.Tensor,
         spks: torch.Tensor,
         cond: torch.Tensor,
+        padded: bool = False,
     ) -> torch.Tensor:
-        """x, mu, cond (B, 80, T); mask (B, 1, T); t (B,); spks (B, 80) → velocity (B, 80, T)."""
+        """x, mu, cond (B, 80, T); mask (B, 1, T); t (B,); spks (B, 80) → velocity (B, 80, T).
+
+        `padded`: `mask` marks right padding (see the module docstring); False when every frame
+        is valid, which runs upstream's exact operations."""
         dtype = self.final_proj.weight.dtype
         t_emb = self.time_mlp(self.time_embeddings(t).to(dtype))
         spk_map = spks[:, :, None].expand(-1, -1, x.shape[-1])
@@ -240,17 +279,19 @@ class ConditionalDecoder(nn.Module):
         skips, masks = [], [mask]
         for resnet, blocks, down in self.down_blocks:
             level_mask = masks[-1]
-            h = _run_transformers(blocks, resnet(h, level_mask, t_emb))
+            h = resnet(h, level_mask, t_emb, padded)
+            h = _run_transformers(blocks, h, level_mask, padded)
             skips.append(h)
             h = down(h * level_mask)
             masks.append(level_mask[:, :, ::2])
         masks.pop()
         for resnet, blocks in self.mid_blocks:
-            h = _run_transformers(blocks, resnet(h, masks[-1], t_emb))
+            h = _run_transformers(blocks, resnet(h, masks[-1], t_emb, padded), masks[-1], padded)
         for resnet, blocks, up in self.up_blocks:
             level_mask, skip = masks.pop(), skips.pop()
             h = torch.cat([h[:, :, : skip.shape[-1]], skip], dim=1)
-            h = _run_transformers(blocks, resnet(h, level_mask, t_emb))
+            h = resnet(h, level_mask, t_emb, padded)
+            h = _run_transformers(blocks, h, level_mask, padded)
             h = up(h * level_mask)
-        h = self.final_block(h, level_mask)
+        h = self.final_block(h, level_mask, padded)
         return self.final_proj(h * level_mask) * mask

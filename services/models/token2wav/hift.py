@@ -38,10 +38,18 @@ class WeightNormConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.transpose = transpose
+        self._frozen: torch.Tensor | None = None
 
     def weight(self) -> torch.Tensor:
+        if self._frozen is not None:
+            return self._frozen
         # the same kernel torch's weight_norm uses, so results match upstream bit for bit
         return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+    def freeze(self) -> None:
+        """Keep the current weight (one kernel less per call; call again after loading)."""
+        with torch.no_grad():
+            self._frozen = torch._weight_norm(self.weight_v, self.weight_g, 0).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transpose:

@@ -17,6 +17,7 @@ import torch
 
 from services.common.audio import AudioError, as_float_mono, check_sample_rate, resample
 from services.models.audio_tokens import ids_to_codes
+from services.models.token2wav.accel import AccelOptions, FlowSolver, freeze_hift
 from services.models.token2wav.checkpoint import FLOW_FILE, HIFT_FILE, load_strict
 from services.models.token2wav.config import Token2WavConfig, load_config
 from services.models.token2wav.features import (
@@ -58,15 +59,39 @@ class Token2Wav:
         self.speaker_encoder = speaker_encoder
         self.device = device
         self.sample_rate_hz = config.sample_rate_hz
+        self.solver: FlowSolver | None = None  # set by compile_for_gpu
+
+    def compile_for_gpu(self, options: AccelOptions | None = None, **overrides: Any) -> Token2Wav:
+        """Switch to the fast path (accel.py): padded, bucketed flow calls replayed as CUDA
+        graphs (on CUDA), cross-stream batching in `decode_chunks`, HiFT weights computed once.
+
+        Results stay within bf16 tolerance of the eager path (padding changes only float
+        summation order). Graphs are captured on first use of each shape; call `warm_up` (or
+        run a few calls) before serving. On the CPU it runs the same padded path eagerly.
+        Options: `AccelOptions` fields, as an object or keywords. Returns self.
+        """
+        options = options or AccelOptions()
+        if overrides:
+            options = AccelOptions(**{**options.__dict__, **overrides})
+        self.solver = FlowSolver(self.flow, options)
+        if options.freeze_hift_weights:
+            freeze_hift(self.hift)
+        return self
 
     # --- loading ----------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(
-        cls, folder: Path | str, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        folder: Path | str,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        compile: bool | AccelOptions = False,
     ) -> Token2Wav:
         """Load `CosyVoice-300M-25Hz/` (or `-Music/`). The flow runs in `dtype` (upstream uses
-        bf16 on GPU); HiFT always runs in float32, as upstream."""
+        bf16 on GPU); HiFT always runs in float32, as upstream. `compile=True` (or options)
+        calls `compile_for_gpu`."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: not a directory")
@@ -77,13 +102,16 @@ class Token2Wav:
         load_strict(hift, folder / HIFT_FILE)
         torch_device = torch.device(device)
         speaker_encoder = SpeakerEncoder(folder / CAMPPLUS_FILE)
-        return cls(
+        model = cls(
             config,
             flow.to(torch_device, dtype),
             hift.to(torch_device, torch.float32),
             speaker_encoder,
             torch_device,
         )
+        if compile:
+            model.compile_for_gpu(compile if isinstance(compile, AccelOptions) else None)
+        return model
 
     # --- speakers ---------------------------------------------------------------------------
 
@@ -205,10 +233,15 @@ class Token2Wav:
             [(batch.n_codes, frames)],
         )
         noise = torch.stack([r.flow_noise(batch.prompt_frames, 0, frames) for r in randomness])
-        mel = self.flow.sample(
-            conditions, noise.to(self.device), n_timesteps or DEFAULT_N_TIMESTEPS, cfg_rate
-        )
-        return mel, randomness
+        steps = n_timesteps or DEFAULT_N_TIMESTEPS
+        if self.solver is None:
+            mel = self.flow.sample(conditions, noise.to(self.device), steps, cfg_rate)
+            return mel, randomness
+        c = conditions
+        rate = self.flow.decoder.inference_cfg_rate if cfg_rate is None else cfg_rate
+        lengths = [c.mu.shape[2]] * c.mu.shape[0]
+        x = self.solver.solve(noise.to(self.device), c.mu, c.spks, c.cond, lengths, steps, rate)
+        return x[:, :, c.prompt_frames :].float(), randomness
 
     def new_randomness(self, generator: torch.Generator | None) -> Randomness:
         return Randomness.from_generator(

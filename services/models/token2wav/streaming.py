@@ -24,7 +24,7 @@ its first hop decodes in one call and equals `Token2Wav.synthesize` with the sam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,8 +97,28 @@ class _HeldTail:
     mu: torch.Tensor  # (1, 80, M)
 
 
+@dataclass(frozen=True)
+class ChunkJob:
+    """One flow chunk of one stream: tokens [start, stop), `final` when nothing is held back.
+
+    Made by `Token2WavStream.next_job` (which advances the stream's schedule); decoded, alone
+    or together with other streams' jobs, by `decode_chunks`.
+    """
+
+    stream: Token2WavStream
+    start: int
+    stop: int
+    final: bool
+
+
 class Token2WavStream:
-    """Feed codes as they arrive; get audio chunks back. One utterance, one speaker."""
+    """Feed codes as they arrive; get audio chunks back. One utterance, one speaker.
+
+    `feed`/`finish` decode this stream's chunks one at a time. A server with many streams can
+    instead `push` codes into each, collect the due `next_job`s and decode them together with
+    `decode_chunks` (or `step_streams` in batching.py, which does both) — the audio is the
+    same up to float summation order.
+    """
 
     def __init__(
         self,
@@ -112,16 +132,19 @@ class Token2WavStream:
         self.options = options
         self.randomness = model.new_randomness(generator)
         device, dtype = model.device, model.flow.dtype
-        self._prompt_codes = torch.from_numpy(speaker.prompt_codes)[None].to(device)
+        self._prompt_codes_cpu = torch.from_numpy(speaker.prompt_codes).long()
+        self._prompt_codes = self._prompt_codes_cpu[None].to(device)
         self._prompt_mel = torch.from_numpy(speaker.prompt_mel)[None].to(device)
         self._embedding = torch.from_numpy(speaker.embedding)[None].to(device, dtype)
         self._codes: list[int] = []
         self._offset = 0  # first token of the next flow chunk
         self._hop = options.first_hop_tokens
         self._prompt_mu: torch.Tensor | None = None
+        self._spks: torch.Tensor | None = None  # (80,) speaker features, made once
         self._held: _HeldTail | None = None
         self._vocoder = _StreamingVocoder(model, self.randomness, options)
-        self._finished = False
+        self._finished = False  # no more codes accepted
+        self._final_job_made = False
         self.chunks_decoded = 0
         self._mel_pieces: list[np.ndarray] = []
 
@@ -129,28 +152,62 @@ class Token2WavStream:
     def first_chunk_tokens(self) -> int:
         return self.options.first_hop_tokens + self.options.overlap_tokens
 
+    @property
+    def prompt_frames(self) -> int:
+        return int(self._prompt_mel.shape[1])
+
+    @property
+    def codes_received(self) -> int:
+        return len(self._codes)
+
+    @property
+    def done(self) -> bool:
+        """Finished and its last chunk handed out."""
+        return self._final_job_made
+
     def feed(self, codes: Sequence[int]) -> np.ndarray:
         """Add codes; returns the audio that became ready (possibly empty)."""
-        if self._finished:
-            raise RuntimeError("stream already finished")
-        self._codes.extend(model_codes(self.model, codes).tolist())
+        self.push(codes)
         pieces = []
-        overlap = self.options.overlap_tokens
-        while len(self._codes) - self._offset >= self._hop + overlap:
-            stop = self._offset + self._hop + overlap
-            pieces.append(self._decode_chunk(self._offset, stop, final=False))
-            self._offset += self._hop
-            self._hop = self.options.next_hop(self._hop)
-        return self._join(pieces)
+        while (job := self.next_job()) is not None:
+            pieces.append(decode_chunks(self.model, [job])[0])
+        return self.join(pieces)
 
     def finish(self) -> np.ndarray:
         """Decode what is left, including everything held back; the stream is then closed."""
         if self._finished:
             raise RuntimeError("stream already finished")
-        self._finished = True
+        pieces = []
+        while (job := self.next_job(finish=True)) is not None:
+            pieces.append(decode_chunks(self.model, [job])[0])
+        return self.join(pieces)
+
+    def push(self, codes: Sequence[int]) -> None:
+        """Add codes without decoding anything (see `next_job`)."""
+        if self._finished:
+            raise RuntimeError("stream already finished")
+        self._codes.extend(model_codes(self.model, codes).tolist())
+
+    def next_job(self, finish: bool = False) -> ChunkJob | None:
+        """The next chunk whose codes are all here (None if none), advancing the schedule.
+
+        With `finish`, once no regular chunk is due, the stream closes and the remaining codes
+        (held tail included) become the final job; a stream that never got a code has none.
+        """
+        if self._final_job_made:
+            return None
+        overlap = self.options.overlap_tokens
+        if not self._finished and len(self._codes) - self._offset >= self._hop + overlap:
+            job = ChunkJob(self, self._offset, self._offset + self._hop + overlap, final=False)
+            self._offset += self._hop
+            self._hop = self.options.next_hop(self._hop)
+            return job
+        if not finish:
+            return None
+        self._finished = self._final_job_made = True
         if not self._codes:
-            return np.zeros(0, dtype=np.float32)
-        return self._join([self._decode_chunk(self._offset, len(self._codes), final=True)])
+            return None
+        return ChunkJob(self, self._offset, len(self._codes), final=True)
 
     @property
     def mel(self) -> np.ndarray:
@@ -160,65 +217,193 @@ class Token2WavStream:
         n_mels = self.model.config.flow.output_size
         return np.concatenate(self._mel_pieces) if self._mel_pieces else np.zeros((0, n_mels))
 
-    def _join(self, pieces: list[np.ndarray]) -> np.ndarray:
+    def join(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
+        """Concatenate decoded pieces of this stream and apply its volume."""
         joined = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         return apply_volume(joined, self.options.volume)
 
     def _frame(self, token_index: int) -> int:
         return self.model.mel_frames(token_index, self.options.speed)
 
-    def _segments(self, start: int, stop: int, final: bool) -> list[tuple[int, int]]:
+    def _segments(self, job: ChunkJob) -> list[tuple[int, int]]:
         """(tokens, frames) pieces: [head overlap] [middle] [tail overlap unless final]."""
         overlap = self.options.overlap_tokens
-        points = [start]
+        points = [job.start]
         if self._held is not None:
-            points.append(start + overlap)
-        if not final:
-            points.append(stop - overlap)
-        points.append(stop)
+            points.append(job.start + overlap)
+        if not job.final:
+            points.append(job.stop - overlap)
+        points.append(job.stop)
         points = sorted(set(points))
         pairs = zip(points, points[1:], strict=False)
         return [(b - a, self._frame(b) - self._frame(a)) for a, b in pairs]
 
-    @torch.inference_mode()
-    def _decode_chunk(self, start: int, stop: int, final: bool) -> np.ndarray:
-        flow, options = self.model.flow, self.options
-        tokens = torch.tensor(self._codes[start:stop], dtype=torch.long)[None].to(self.model.device)
-        conditions = flow.conditions(
-            tokens,
-            self._prompt_codes,
-            self._prompt_mel,
-            self._embedding,
-            self._segments(start, stop, final),
+    def _flow_key(self) -> tuple[int, float]:
+        options, cfm = self.options, self.model.flow.decoder
+        rate = cfm.inference_cfg_rate if options.cfg_rate is None else options.cfg_rate
+        return options.n_timesteps or DEFAULT_N_TIMESTEPS, float(rate)
+
+    def _new_frames(self, job: ChunkJob) -> int:
+        return self._frame(job.stop) - self._frame(job.start)
+
+    def _tokens(self, job: ChunkJob) -> torch.Tensor:
+        return torch.tensor(self._codes[job.start : job.stop], dtype=torch.long)
+
+    def _noise(self, job: ChunkJob) -> torch.Tensor:
+        return self.randomness.flow_noise(
+            self.prompt_frames, self._frame(job.start), self._frame(job.stop)
         )
-        prompt_frames = conditions.prompt_frames
+
+    def _fix_mu(self, mu: torch.Tensor) -> None:
+        """Prompt `mu` from the first chunk, held tail's `mu` on the head (flow cache);
+        `mu` (1, 80, T) is this item's row, changed in place."""
+        prompt_frames = self.prompt_frames
         if self._prompt_mu is None:
-            self._prompt_mu = conditions.mu[:, :, :prompt_frames].clone()
-        conditions.mu[:, :, :prompt_frames] = self._prompt_mu
-        head = 0 if self._held is None else self._held.mu.shape[2]
+            self._prompt_mu = mu[:, :, :prompt_frames].clone()
+        mu[:, :, :prompt_frames] = self._prompt_mu
         if self._held is not None:
-            conditions.mu[:, :, prompt_frames : prompt_frames + head] = self._held.mu
-        noise = self.randomness.flow_noise(prompt_frames, self._frame(start), self._frame(stop))
-        mel = flow.sample(
-            conditions,
-            noise[None].to(self.model.device),
-            options.n_timesteps or DEFAULT_N_TIMESTEPS,
-            options.cfg_rate,
-        )
+            head = self._held.mu.shape[2]
+            mu[:, :, prompt_frames : prompt_frames + head] = self._held.mu
+
+    def _settle(
+        self, job: ChunkJob, mel: torch.Tensor, mu: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """After the flow: crossfade the head, hold the tail. mel (1, 80, new frames) float,
+        mu (1, 80, new frames). Returns (final frames for HiFT, right context or None)."""
         if self._held is not None:
+            head = self._held.mel.shape[2]
             mel[:, :, :head] = crossfade(self._held.mel, mel[:, :, :head])
-        if final:
+        if job.final:
             self._held = None
             ready = mel
         else:
-            tail = self._frame(stop) - self._frame(stop - options.overlap_tokens)
-            self._held = _HeldTail(mel=mel[:, :, -tail:], mu=conditions.mu[:, :, -tail:].float())
+            tail = self._frame(job.stop) - self._frame(job.stop - self.options.overlap_tokens)
+            self._held = _HeldTail(mel=mel[:, :, -tail:], mu=mu[:, :, -tail:].float())
             ready = mel[:, :, :-tail]
         self.chunks_decoded += 1
-        if options.record_mel:
+        if self.options.record_mel:
             self._mel_pieces.append(ready[0].T.cpu().numpy())
-        right_context = None if self._held is None else self._held.mel
-        return self._vocoder.push(ready, right_context, final)
+        return ready, None if self._held is None else self._held.mel
+
+
+@torch.inference_mode()
+def decode_chunks(
+    model: Token2Wav,
+    jobs: Sequence[ChunkJob],
+    on_ready: Callable[[int, np.ndarray], None] | None = None,
+) -> list[np.ndarray]:
+    """Decode chunks of (different) streams together; returns each job's audio (before its
+    stream's volume; `Token2WavStream.join` applies it), in job order.
+
+    At most one job per stream, jobs in each stream's order. Jobs with the same solver
+    settings (steps, CFG rate) share flow calls — with `Token2Wav.compile_for_gpu` grouped by
+    padded frame count, shortest first, at most `max_batch` per call — and HiFT calls are
+    shared by items with equal window shapes. `on_ready(job index, audio)` is called as each
+    group finishes, so short chunks (first chunks) are not held back by long ones.
+    """
+    if len({id(job.stream) for job in jobs}) != len(jobs):
+        raise ValueError("decode_chunks takes at most one job per stream")
+    results: list[np.ndarray | None] = [None] * len(jobs)
+    for group in _flow_groups(model, jobs):
+        items = [jobs[i] for i in group]
+        mels, mus = _run_flow(model, items)
+        settled = [
+            job.stream._settle(job, mel, mu) for job, mel, mu in zip(items, mels, mus, strict=True)
+        ]
+        audio = _vocode(
+            [job.stream._vocoder for job in items],
+            [ready for ready, _ in settled],
+            [right for _, right in settled],
+            [job.final for job in items],
+        )
+        for i, piece in zip(group, audio, strict=True):
+            results[i] = piece
+            if on_ready is not None:
+                on_ready(i, piece)
+    return [r if r is not None else np.zeros(0, dtype=np.float32) for r in results]
+
+
+def _flow_groups(model: Token2Wav, jobs: Sequence[ChunkJob]) -> list[list[int]]:
+    """Job indices per flow call: same (steps, CFG); with a solver, same padded frame count
+    (ascending) and at most its largest batch bucket."""
+    solver = model.solver
+    groups: dict[tuple[int, float, int], list[int]] = {}
+    for i, job in enumerate(jobs):
+        frames = job.stream.prompt_frames + job.stream._new_frames(job)
+        padded = solver.padded_frames(frames) if solver is not None else 0
+        groups.setdefault((padded, *job.stream._flow_key()), []).append(i)
+    limit = solver.options.max_batch if solver is not None else len(jobs)
+    out = []
+    for key in sorted(groups):
+        members = groups[key]
+        out += [members[i : i + limit] for i in range(0, len(members), limit)]
+    return out
+
+
+def _run_flow(
+    model: Token2Wav, jobs: Sequence[ChunkJob]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One flow call for jobs with the same solver settings → per job (new mel (1, 80, n)
+    float32, its mu (1, 80, n))."""
+    flow = model.flow
+    n_timesteps, cfg_rate = jobs[0].stream._flow_key()
+    if model.solver is None and len(jobs) == 1:
+        return _run_flow_single(model, jobs[0], n_timesteps, cfg_rate)
+    streams = [job.stream for job in jobs]
+    rows = [
+        torch.cat([s._prompt_codes_cpu, s._tokens(j)]) for s, j in zip(streams, jobs, strict=True)
+    ]
+    segments = [
+        [(int(s._prompt_codes.shape[1]), s.prompt_frames), *s._segments(j)]
+        for s, j in zip(streams, jobs, strict=True)
+    ]
+    mu, lengths = flow.mu_padded(rows, segments)
+    for i, stream in enumerate(streams):
+        stream._fix_mu(mu[i : i + 1, :, : lengths[i]])
+    spks = torch.stack([_spks(s) for s in streams])
+    frames = mu.shape[2]
+    cond = mu.new_zeros(mu.shape)
+    noise = torch.zeros(len(jobs), mu.shape[1], frames)
+    for i, (stream, job) in enumerate(zip(streams, jobs, strict=True)):
+        cond[i, :, : stream.prompt_frames] = stream._prompt_mel[0].T.to(mu.dtype)
+        noise[i, :, : lengths[i]] = stream._noise(job)
+    noise = noise.to(model.device)
+    if model.solver is not None:
+        x = model.solver.solve(noise, mu, spks, cond, lengths, n_timesteps, cfg_rate)
+    else:
+        mask = torch.zeros(len(jobs), 1, frames, device=mu.device, dtype=mu.dtype)
+        for i, n in enumerate(lengths):
+            mask[i, :, :n] = 1
+        x = flow.decoder.solve(noise, mu, spks, cond, mask, n_timesteps, cfg_rate)
+    mels, mus = [], []
+    for i, stream in enumerate(streams):
+        mels.append(x[i : i + 1, :, stream.prompt_frames : lengths[i]].float())
+        mus.append(mu[i : i + 1, :, stream.prompt_frames : lengths[i]])
+    return mels, mus
+
+
+def _run_flow_single(
+    model: Token2Wav, job: ChunkJob, n_timesteps: int, cfg_rate: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One stream without a solver: the unpadded modules, exactly as upstream runs them."""
+    stream, flow = job.stream, model.flow
+    conditions = flow.conditions(
+        stream._tokens(job)[None].to(model.device),
+        stream._prompt_codes,
+        stream._prompt_mel,
+        stream._embedding,
+        stream._segments(job),
+    )
+    stream._fix_mu(conditions.mu)
+    noise = stream._noise(job)[None].to(model.device)
+    mel = flow.sample(conditions, noise, n_timesteps, cfg_rate)
+    return [mel], [conditions.mu[:, :, conditions.prompt_frames :]]
+
+
+def _spks(stream: Token2WavStream) -> torch.Tensor:
+    if stream._spks is None:
+        stream._spks = stream.model.flow.speaker_features(stream._embedding)[0]
+    return stream._spks
 
 
 class _StreamingVocoder:
@@ -243,36 +428,22 @@ class _StreamingVocoder:
         self, new_mel: torch.Tensor, right_context: torch.Tensor | None, final: bool
     ) -> np.ndarray:
         """Vocode `new_mel` (1, 80, n) final frames; returns the samples that are now settled."""
-        new_mel = new_mel.to(self.device, torch.float32)
-        n_new = new_mel.shape[2]
-        right = torch.zeros(1, new_mel.shape[1], 0, device=self.device)
-        if right_context is not None and not final:
-            right = right_context[:, :, : self.right_frames].to(self.device, torch.float32)
-        window = torch.cat([self.mel_tail, new_mel, right], dim=2)
-        left = self.mel_tail.shape[2] * self.spf
-        middle = n_new * self.spf
-        fresh_source, cycles = self._fresh_source(window, left)
-        wav = self.hift.decode(window, torch.cat([self.source_tail, fresh_source], dim=2))[0]
+        return _push_group([self], [new_mel], [right_context], [final])[0]
 
+    def _right(self, right_context: torch.Tensor | None, final: bool) -> torch.Tensor:
+        if right_context is None or final:
+            return torch.zeros(1, self.mel_tail.shape[1], 0, device=self.device)
+        return right_context[:, :, : self.right_frames].to(self.device, torch.float32)
+
+    def _settle(self, wav: torch.Tensor, left: int, middle: int, final: bool) -> np.ndarray:
+        """wav (L,) of this item's window → settled samples; keeps the crossfade tail."""
         held = self.speech_tail.shape[1]
         keep = 0 if final else min(self.crossfade_samples, middle)
         settled = wav[left - held : left + middle - keep].clone()
         if held:
             settled[:held] = crossfade(self.speech_tail[0], settled[:held])
         self.speech_tail = wav[None, left + middle - keep : left + middle]
-        self._advance(new_mel, fresh_source[:, :, :middle], cycles, middle)
         return settled.cpu().numpy().astype(np.float32)
-
-    def _fresh_source(self, window: torch.Tensor, left: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source for every sample after the left context, continuing the harmonic phase."""
-        f0 = self.hift.f0_per_sample(window)[:, left:]
-        start = self.done_frames * self.spf
-        randomness = SourceRandomness(
-            phases=self.randomness.harmonic_phases[None].to(self.device),
-            noise=self.randomness.source_rows(start, start + f0.shape[1])[None].to(self.device),
-            carry=self.carry,
-        )
-        return self.hift.source(f0, randomness)
 
     def _advance(
         self, new_mel: torch.Tensor, new_source: torch.Tensor, cycles: torch.Tensor, middle: int
@@ -284,3 +455,70 @@ class _StreamingVocoder:
         source = torch.cat([self.source_tail, new_source], dim=2)
         self.source_tail = source[:, :, source.shape[2] - kept :]
         self.done_frames += new_mel.shape[2]
+
+
+def _vocode(
+    vocoders: Sequence[_StreamingVocoder],
+    new_mels: Sequence[torch.Tensor],
+    rights: Sequence[torch.Tensor | None],
+    finals: Sequence[bool],
+) -> list[np.ndarray]:
+    """HiFT for several streams: items with equal window shapes share one call."""
+    groups: dict[tuple[int, int, int, bool], list[int]] = {}
+    for i, (vocoder, mel, right, final) in enumerate(
+        zip(vocoders, new_mels, rights, finals, strict=True)
+    ):
+        right_frames = vocoder._right(right, final).shape[2]
+        key = (vocoder.mel_tail.shape[2], mel.shape[2], right_frames, vocoder.carry is None)
+        groups.setdefault(key, []).append(i)
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(vocoders)
+    for members in groups.values():
+        audio = _push_group(
+            [vocoders[i] for i in members],
+            [new_mels[i] for i in members],
+            [rights[i] for i in members],
+            [finals[i] for i in members],
+        )
+        for i, piece in zip(members, audio, strict=True):
+            out[i] = piece
+    return out
+
+
+def _push_group(
+    vocoders: Sequence[_StreamingVocoder],
+    new_mels: Sequence[torch.Tensor],
+    rights: Sequence[torch.Tensor | None],
+    finals: Sequence[bool],
+) -> list[np.ndarray]:
+    """One HiFT call for streams whose windows have the same shape (left, new, right frames)."""
+    first = vocoders[0]
+    hift, device, spf = first.hift, first.device, first.spf
+    mels = [mel.to(device, torch.float32) for mel in new_mels]
+    windows = [
+        torch.cat([v.mel_tail, mel, v._right(right, final)], dim=2)
+        for v, mel, right, final in zip(vocoders, mels, rights, finals, strict=True)
+    ]
+    window = torch.cat(windows)
+    left = first.mel_tail.shape[2] * spf
+    middle = mels[0].shape[2] * spf
+    f0 = hift.f0_per_sample(window)[:, left:]
+    starts = [v.done_frames * spf for v in vocoders]
+    carries = [v.carry for v in vocoders]
+    randomness = SourceRandomness(
+        phases=torch.stack([v.randomness.harmonic_phases for v in vocoders]).to(device),
+        noise=torch.stack(
+            [
+                v.randomness.source_rows(start, start + f0.shape[1])
+                for v, start in zip(vocoders, starts, strict=True)
+            ]
+        ).to(device),
+        carry=None if carries[0] is None else torch.cat([c for c in carries if c is not None]),
+    )
+    fresh_source, cycles = hift.source(f0, randomness)
+    source_tails = torch.cat([v.source_tail for v in vocoders])
+    wav = hift.decode(window, torch.cat([source_tails, fresh_source], dim=2))
+    audio = []
+    for i, (vocoder, mel, final) in enumerate(zip(vocoders, mels, finals, strict=True)):
+        audio.append(vocoder._settle(wav[i], left, middle, final))
+        vocoder._advance(mel, fresh_source[i : i + 1, :, :middle], cycles[i : i + 1], middle)
+    return audio
