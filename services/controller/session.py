@@ -530,7 +530,11 @@ class RealtimeSession:
     async def _commit_speculation(self, end_of_speech: float) -> None:
         spec, self.speculation = self.speculation, None
         assert spec is not None and spec.task is not None
-        if spec.task.done() and (spec.task.cancelled() or spec.task.exception() is not None):
+        # a held reply ends only once released, so a finished one was shed, failed or had no
+        # input ids: the stored turn gets an ordinary reply
+        if spec.task.done():
+            if not spec.task.cancelled():
+                spec.task.exception()  # retrieved, so asyncio does not warn about it
             await self._start_reply(end_of_speech)
             return
         spec.end_of_speech = end_of_speech
