@@ -1,10 +1,12 @@
 """All GPU checks and benchmarks, each in its own process (``make bench-gpu``).
 
-    python3 -m loadtests.gpu.bench [--only equivalence,lm,token2wav] [--out DIR] [--profile V]
+    python3 -m loadtests.gpu.bench [--only equivalence,lm,token2wav,streams] [--out DIR]
+        [--profile V]
 
 Needs a CUDA GPU with vLLM 0.26 importable (the devpack: PYTHONPATH=/tmp/site). Results land
 in --out (default $OUT, else var/gpu-bench): equivalence.json, bench_lm.jsonl/.md,
-bench_token2wav.json, profile_*.txt. Exit status: non-zero if any part failed.
+bench_token2wav.json, bench_streams.json, profile_*.txt. Exit status: non-zero if any part
+failed. token2wav and streams need no vLLM.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ PARTS = {
     "equivalence": ("loadtests.gpu.equivalence", 900),
     "lm": ("loadtests.gpu.bench_lm", 2400),
     "token2wav": ("loadtests.gpu.bench_token2wav", 900),
+    "streams": ("loadtests.gpu.bench_streams", 900),
 }
 
 

@@ -83,6 +83,7 @@ class GraphCache:
         self.max_graphs = max_graphs
         self._graphs: dict[Hashable, _Graph] = {}
         self._pool: Any = None
+        self._stream: Any = None
         self._lock = threading.Lock()
         self.captures = 0
         self.replays = 0
@@ -119,14 +120,18 @@ class GraphCache:
     ) -> _Graph:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+            self._stream = torch.cuda.Stream()
         static = tuple(x.clone() for x in inputs)
-        side = torch.cuda.Stream()
+        side = self._stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: library handles, workspaces, compilation
             fn(*static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: other threads (another model, an LM) may use the GPU meanwhile
+        with torch.cuda.graph(
+            graph, pool=self._pool, stream=side, capture_error_mode="thread_local"
+        ):
             outputs = fn(*static)
         self.captures += 1
         return _Graph(graph, static, tuple(outputs))
@@ -154,6 +159,31 @@ class FlowSolver:
         if frames > self.options.max_graph_frames:
             return frames
         return self.options.frames_for(frames)
+
+    def warm_up(
+        self,
+        frame_counts: Sequence[int],
+        n_timesteps: int,
+        cfg_rate: float,
+        batch_sizes: Sequence[int] | None = None,
+    ) -> int:
+        """Capture the graphs for these frame counts × batch buckets now (not mid-stream);
+        returns how many shapes were new. Inputs are random (never zeros)."""
+        flow = self.flow
+        device, dtype = flow.encoder_proj.weight.device, flow.dtype
+        n_mels = flow.config.output_size
+        generator = torch.Generator().manual_seed(0)
+        before = self.graphs.captures
+        for frames in sorted({self.padded_frames(f) for f in frame_counts}):
+            for batch in batch_sizes or self.options.batch_buckets:
+
+                def rand(*shape: int) -> torch.Tensor:
+                    return torch.randn(*shape, generator=generator).to(device, dtype)
+
+                noise, mu, cond = (rand(batch, n_mels, frames) for _ in range(3))
+                lengths = [frames] * batch
+                self.solve(noise, mu, rand(batch, n_mels), cond, lengths, n_timesteps, cfg_rate)
+        return self.graphs.captures - before
 
     def solve(
         self,

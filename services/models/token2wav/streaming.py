@@ -188,6 +188,15 @@ class Token2WavStream:
             raise RuntimeError("stream already finished")
         self._codes.extend(model_codes(self.model, codes).tolist())
 
+    def has_due_chunk(self, finish: bool = False) -> bool:
+        """Whether `next_job(finish)` would return a job (the schedule is not advanced)."""
+        if self._final_job_made:
+            return False
+        overlap = self.options.overlap_tokens
+        if not self._finished and len(self._codes) - self._offset >= self._hop + overlap:
+            return True
+        return finish and bool(self._codes)
+
     def next_job(self, finish: bool = False) -> ChunkJob | None:
         """The next chunk whose codes are all here (None if none), advancing the schedule.
 
