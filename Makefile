@@ -53,5 +53,8 @@ bench: setup ## CPU benchmarks on the tiny pack (results go to stdout; see docs/
 bench-gpu: ## GPU benchmarks (run on a GPU host with vLLM installed)
 	python3 -m loadtests.gpu.bench
 
+chart-lint: setup ## render and lint the Helm chart; compose and Dockerfile checks
+	$(PY) -m pytest -q tests/deploy
+
 clean: ## remove build outputs
 	rm -rf build var *.egg-info

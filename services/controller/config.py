@@ -83,6 +83,9 @@ class LimitSettings(BaseModel):
         400, ge=0, le=10_000, description="Audio sent ahead of real-time playback (ms)."
     )
     idle_timeout_s: float = Field(120, ge=1, le=86_400, description="Close idle sockets (s).")
+    drain_timeout_s: float = Field(
+        20, ge=0, le=3600, description="Drain: how long replies in progress may finish (s)."
+    )
     max_speculations: int = Field(
         16, ge=0, le=10_000, description="Speculative replies running at once (all sessions)."
     )

@@ -172,6 +172,12 @@ class RealtimeSession:
         writer.cancel()
         await asyncio.gather(*tasks, writer, return_exceptions=True)
 
+    async def close_for_restart(self) -> None:
+        """Drain: close with 1012 (service restart); the client resumes elsewhere from Redis."""
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=1012, reason="draining")
+
     def _describe(self) -> dict[str, Any]:
         return {"id": self.session_id, **self.settings.to_dict(), "turns": len(self.turns)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
@@ -65,4 +66,4 @@ class ControllerState:
     slots: SessionSlots
     speculation: SpeculationGate
     draining: bool = False
-    sessions: set[object] = field(default_factory=set)
+    sessions: set[Any] = field(default_factory=set)  # live RealtimeSession objects

@@ -293,3 +293,25 @@ async def test_redis_outage_keeps_live_sessions_and_refuses_new_ones(
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     finally:
         redis.stop()
+
+
+async def test_drain_lets_the_reply_finish_then_closes_with_1012(stack: Stack) -> None:
+    async with RealtimeClient(stack.url) as client, httpx.AsyncClient(base_url=stack.url) as http:
+        await client.configure(speculative=False, transcribe=False)
+        await client.send(
+            {"type": "conversation.item.create",
+             "item": {"type": "message", "role": "user",
+                      "content": [{"type": "input_text", "text": "Hello?"}]}}
+        )  # fmt: skip
+        await client.wait_for("conversation.item.created")
+        await client.send({"type": "response.create"})
+        await client.wait_for("response.created")
+        drained = await http.post("/admin/drain", timeout=60)
+        assert drained.json() == {"draining": True, "closed_sessions": 1}
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await client.next_event()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        # the reply in progress finished before the socket closed
+        assert client.result.of_type("response.done")[0]["response"]["status"] == "completed"
+        assert (await http.get("/readyz")).status_code == 503

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,3 +39,26 @@ async def metrics(request: Request) -> Response:
     return Response(
         generate_latest(controller(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@router.post("/admin/drain")
+async def drain(request: Request) -> JSONResponse:
+    """Kubernetes preStop calls this from inside the pod: readiness turns false, new sessions
+    are refused (1013), replies in progress get ``drain_timeout_s`` to finish, then every
+    socket is closed with 1012 so clients resume on another controller (context is in Redis).
+    """
+    if request.client is None or request.client.host not in LOOPBACK:
+        return JSONResponse({"error": {"code": "permission_denied",
+                                       "message": "drain is only accepted from the pod itself"}},
+                            status_code=403)  # fmt: skip
+    state = controller(request)
+    state.draining = True
+    replies = [s.reply.task for s in state.sessions if s.reply is not None and s.reply.task]
+    if replies:
+        await asyncio.wait(replies, timeout=state.settings.limits.drain_timeout_s)
+    sessions = list(state.sessions)
+    await asyncio.gather(*(s.close_for_restart() for s in sessions))
+    return JSONResponse({"draining": True, "closed_sessions": len(sessions)})

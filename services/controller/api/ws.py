@@ -30,7 +30,11 @@ async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
             log.warning("refusing a session: session store unavailable: %s", exc)
             await ws.close(code=1013, reason="session store unavailable")
             return
-        await session.run(resumed=resumed, expired=expired)
+        state.sessions.add(session)
+        try:
+            await session.run(resumed=resumed, expired=expired)
+        finally:
+            state.sessions.discard(session)
     finally:
         state.slots.release()
         state.metrics.active_sessions.dec()
