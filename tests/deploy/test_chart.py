@@ -229,9 +229,15 @@ def test_termination_grace_covers_prestop_and_drain(default: Manifests) -> None:
     for component in [*GRPC_SERVICES, "controller"]:
         pod = default.deployment(component)["spec"]["template"]["spec"]
         container = default.container(component)
-        sleep = int(container.spec["lifecycle"]["preStop"]["exec"]["command"][1])
+        command = container.spec["lifecycle"]["preStop"]["exec"]["command"]
         prefix = OWNER_PREFIX[component]
-        drain = float(container.env.get(f"{prefix}DRAIN_DELAY_S") or 0)
+        if component == "controller":  # python: sleep, then POST /admin/drain
+            assert "/admin/drain" in command[2]
+            sleep = int(command[2].split("time.sleep(")[1].split(")")[0])
+            drain = float(container.env["CONTROLLER_LIMITS__DRAIN_TIMEOUT_S"])
+        else:
+            sleep = int(command[1])
+            drain = float(container.env.get(f"{prefix}DRAIN_DELAY_S") or 0)
         grace = float(container.env.get(f"{prefix}SHUTDOWN_GRACE_S") or 10)  # uvicorn: 10 s
         assert sleep > 0
         assert pod["terminationGracePeriodSeconds"] > sleep + drain + grace, component
