@@ -42,6 +42,7 @@ import torch
 
 from loadtests.gpu.bench_token2wav import (
     N_TIMESTEPS,
+    VARIANTS,
     WARM_FRAMES,
     device,
     ensure_folder,
@@ -50,7 +51,9 @@ from loadtests.gpu.bench_token2wav import (
 )
 from loadtests.gpu.common import markdown_table, out_dir
 from services.models.audio_tokens import GROUP_SIZE, TOKENS_PER_SECOND
-from services.models.token2wav import AccelOptions, StreamStep, Token2Wav, step_streams
+from services.models.token2wav import StreamStep, Token2Wav, step_streams
+from services.models.token2wav import streaming as streaming_module
+from services.models.token2wav.flow import MaskedDiffWithXvec
 from services.models.token2wav.streaming import ChunkJob, Token2WavStream
 
 SEED = 0
@@ -119,6 +122,38 @@ class LmLoad:
                     time.sleep(wait)
                 else:
                     self.late_steps += 1
+
+
+class Breakdown:
+    """Wall time inside the stages of `decode_chunks` (each wrapped with device syncs)."""
+
+    def __init__(self, model: Token2Wav) -> None:
+        self.seconds: dict[str, float] = {"encoder": 0.0, "flow": 0.0, "hift": 0.0}
+        solver = model.solver
+        assert solver is not None
+        self._undo: list[tuple[Any, str, Any]] = []
+        self._wrap(MaskedDiffWithXvec, "mu_padded", "encoder")
+        self._wrap(solver, "solve", "flow")
+        self._wrap(streaming_module, "_vocode", "hift")
+
+    def _wrap(self, owner: Any, name: str, stage: str) -> None:
+        original = getattr(owner, name)
+        self._undo.append((owner, name, owner.__dict__.get(name)))
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            sync()
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sync()
+                self.seconds[stage] += time.perf_counter() - started
+
+        setattr(owner, name, timed)
+
+    def reset(self) -> None:
+        for key in self.seconds:
+            self.seconds[key] = 0.0
 
 
 @dataclass
@@ -232,6 +267,31 @@ def simulate(
     return result
 
 
+def load_model(folder: Path, variant: str, merge_frames: int | None) -> tuple[Token2Wav, dict]:
+    """The variant's model with its flow graphs captured; falls back to `graphs` if the
+    compiled variant fails to compile or capture."""
+    options = VARIANTS[variant]
+    assert options is not None, "bench_streams needs an accelerated variant"
+    if merge_frames is not None:
+        options = type(options)(**{**options.__dict__, "merge_frames": merge_frames})
+    model = Token2Wav.from_pretrained(folder, device=device(), dtype=torch.bfloat16)
+    model.compile_for_gpu(options)
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            shapes = model.solver.warm_up(  # type: ignore[union-attr]
+                WARM_FRAMES, N_TIMESTEPS, model.flow.decoder.inference_cfg_rate
+            )
+    except Exception as exc:  # noqa: BLE001 - report and fall back, the run must go on
+        if variant == "graphs":
+            raise
+        print(f"{variant} failed ({type(exc).__name__}: {exc}); falling back to graphs")
+        return load_model(folder, "graphs", merge_frames)
+    sync()
+    info = {"variant": variant, "graph_shapes": shapes, "capture_s": time.perf_counter() - started}
+    return model, info | {"options": {k: str(v) for k, v in options.__dict__.items()}}
+
+
 def summarise(result: SimResult, warmup_s: float, seconds: float) -> dict[str, Any]:
     chunks = [c for c in result.chunks if c.due >= warmup_s]
     if not chunks:
@@ -269,36 +329,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", default="ras,none", help="LM share per pass: ras, plain, none")
     parser.add_argument("--speakers", type=int, default=4, help="distinct 3 s prompts")
     parser.add_argument("--keep-going", action="store_true", help="run N past a failure")
+    parser.add_argument("--variant", default="compiled", choices=["graphs", "compiled"])
+    parser.add_argument("--merge-frames", type=int, help="AccelOptions.merge_frames override")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CPU smoke run)")
     args = parser.parse_args(argv)
     out = out_dir(args.out)
     folder, _ = ensure_folder(args.folder, args.tiny)
-    model = Token2Wav.from_pretrained(folder, device=device(), dtype=torch.bfloat16)
-    model.compile_for_gpu(AccelOptions())
-    started = time.perf_counter()
-    with torch.inference_mode():
-        shapes = model.solver.warm_up(  # type: ignore[union-attr]
-            WARM_FRAMES, N_TIMESTEPS, model.flow.decoder.inference_cfg_rate
-        )
-    sync()
+    model, info = load_model(folder, args.variant, args.merge_frames)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     result: dict[str, Any] = {
         "gpu": gpu,
-        "graph_shapes": shapes,
-        "capture_s": time.perf_counter() - started,
+        **info,
         "args": vars(args) | {"folder": str(folder)},
         "runs": [],
     }
-    print(f"warm-up: {shapes} graph shapes in {result['capture_s']:.1f} s", flush=True)
+    print(f"warm-up: {json.dumps(info)}", flush=True)
     rng = np.random.default_rng(SEED)
     prompts = [speaker(rng) for _ in range(args.speakers)]
     simulate(model, prompts, 8, 4.0, np.random.default_rng(SEED + 1))  # HiFT/alloc warm-up
+    breakdown = Breakdown(model)
     for lm in args.lm.split(","):
         for n in (int(x) for x in args.streams.split(",")):
             step_ms = 0.0 if lm == "none" else lm_step_ms(lm, n)
             run: dict[str, Any] = {"lm": lm, "streams": n, "lm_step_ms": step_ms}
             run["lm_gpu_fraction"] = step_ms / 1000 * TOKENS_PER_SECOND
             sim_rng = np.random.default_rng(SEED + n)
+            breakdown.reset()
             if lm == "none" or not torch.cuda.is_available():
                 sim = simulate(model, prompts, n, args.seconds, sim_rng)
             else:
@@ -306,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                     sim = simulate(model, prompts, n, args.seconds, sim_rng)
                 run |= {"lm_steps": load.steps, "lm_late_steps": load.late_steps}
             run |= summarise(sim, args.warmup, args.seconds)
+            run["stage_s"] = dict(breakdown.seconds) | {"step_total": sim.busy_s}
             result["runs"].append(run)
             (out / "bench_streams.json").write_text(json.dumps(result, indent=2))
             print(json.dumps(run), flush=True)

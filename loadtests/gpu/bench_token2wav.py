@@ -324,6 +324,28 @@ def flow_replay_rows(model: Token2Wav) -> list[dict[str, float]]:
     return rows
 
 
+def profile_flow(model: Token2Wav, out: Path, name: str) -> None:
+    """torch.profiler tables of the flow loop at B=1 × 384 and B=16 × 576 frames (CUDA graph
+    replays show their kernels) → profile_flow_<variant>_<B>x<T>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    solver = model.solver
+    assert solver is not None
+    rate = model.flow.decoder.inference_cfg_rate
+    for batch, frames in ((1, 384), (16, 576)):
+        dtype = model.flow.dtype
+        x = [torch.randn(batch, 80, frames, device=device(), dtype=dtype) for _ in range(3)]
+        spks = torch.randn(batch, 80, device=device(), dtype=dtype)
+        with torch.inference_mode():
+            solver.solve(*x[:2], spks, x[2], [frames] * batch, N_TIMESTEPS, rate)
+            sync()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                solver.solve(*x[:2], spks, x[2], [frames] * batch, N_TIMESTEPS, rate)
+                sync()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+        (out / f"profile_flow_{name}_{batch}x{frames}.txt").write_text(table)
+
+
 def measure(
     model: Token2Wav,
     prompt: SpeakerPrompt,
@@ -355,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-batches", default="1,16,64")
     parser.add_argument("--eager-stream-batches", default="16")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CPU smoke run)")
+    parser.add_argument("--profile", action="store_true", help="profile the flow loop")
     args = parser.parse_args(argv)
     out = out_dir(args.out)
     folder, sizes = ensure_folder(args.folder, args.tiny)
@@ -368,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         model = models[variant] = load(folder, variant)
         stream_batches = args.eager_stream_batches if variant == "eager" else args.stream_batches
         row = measure(model, prompt, batches, [int(b) for b in stream_batches.split(",")])
+        if args.profile and model.solver is not None:
+            profile_flow(model, out, variant)
         row["wall_s"] = time.perf_counter() - started
         result["variants"][variant] = row
         (out / "bench_token2wav.json").write_text(json.dumps(result, indent=2))

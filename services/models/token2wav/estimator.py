@@ -283,7 +283,8 @@ class ConditionalDecoder(nn.Module):
             h = _run_transformers(blocks, h, level_mask, padded)
             skips.append(h)
             h = down(h * level_mask)
-            masks.append(level_mask[:, :, ::2])
+            next_mask = level_mask[:, :, ::2]
+            masks.append(next_mask.contiguous() if padded else next_mask)
         masks.pop()
         for resnet, blocks in self.mid_blocks:
             h = _run_transformers(blocks, resnet(h, masks[-1], t_emb, padded), masks[-1], padded)

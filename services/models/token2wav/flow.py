@@ -102,8 +102,8 @@ class ConditionalCFM(nn.Module):
         self.__dict__["_estimator_fn"] = fn
 
     def _estimate(self, *args: torch.Tensor | bool) -> torch.Tensor:
-        fn = self.__dict__.get("_estimator_fn") or self.estimator
-        return fn(*args)
+        fn = self.__dict__.get("_estimator_fn")
+        return (self.estimator if fn is None else fn)(*args)
 
     def time_span(self, n_timesteps: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         # computed in the flow's dtype, as upstream does (bf16 in the released setup)

@@ -333,20 +333,36 @@ def decode_chunks(
 
 
 def _flow_groups(model: Token2Wav, jobs: Sequence[ChunkJob]) -> list[list[int]]:
-    """Job indices per flow call: same (steps, CFG); with a solver, same padded frame count
-    (ascending) and at most its largest batch bucket."""
+    """Job indices per flow call: same (steps, CFG); with a solver, grouped by padded frame
+    count (small groups join a longer one when padding is cheaper than another call, see
+    `AccelOptions.merge_frames`), shortest first, at most its largest batch bucket a call."""
     solver = model.solver
     groups: dict[tuple[int, float, int], list[int]] = {}
     for i, job in enumerate(jobs):
         frames = job.stream.prompt_frames + job.stream._new_frames(job)
         padded = solver.padded_frames(frames) if solver is not None else 0
         groups.setdefault((padded, *job.stream._flow_key()), []).append(i)
-    limit = solver.options.max_batch if solver is not None else len(jobs)
+    if solver is None:
+        return [groups[key] for key in sorted(groups)]
+    limit, merge_frames = solver.options.max_batch, solver.options.merge_frames
+    merged: list[tuple[int, list[int]]] = []  # (padded frames, members), largest first
+    for padded, *settings in sorted(groups, reverse=True):
+        members = groups[(padded, *settings)]  # type: ignore[index]
+        if merged and merged[-1][1] and _same_settings(jobs, merged[-1][1][0], members[0]):
+            top, top_members = merged[-1]
+            fits = len(top_members) + len(members) <= limit
+            if fits and len(members) * (top - padded) <= merge_frames:
+                top_members.extend(members)
+                continue
+        merged.append((padded, list(members)))
     out = []
-    for key in sorted(groups):
-        members = groups[key]
+    for _, members in reversed(merged):  # shortest first: first chunks are not held back
         out += [members[i : i + limit] for i in range(0, len(members), limit)]
     return out
+
+
+def _same_settings(jobs: Sequence[ChunkJob], a: int, b: int) -> bool:
+    return jobs[a].stream._flow_key() == jobs[b].stream._flow_key()
 
 
 def _run_flow(

@@ -209,3 +209,24 @@ def test_finishing_an_empty_stream_makes_no_job(model: Token2Wav, speaker: Speak
     assert audio.size == 0 and stream.done
     with pytest.raises(RuntimeError):
         stream.push([1, 2, 3])
+
+
+def test_small_groups_join_a_longer_call_when_padding_is_cheap(
+    vocoder_dir: object, speaker: SpeakerPrompt
+) -> None:
+    from services.models.token2wav.streaming import _flow_groups
+
+    def jobs_for(model: Token2Wav) -> list:
+        first = model.stream(speaker, generator=seeded(0), n_timesteps=1)
+        first.push(random_codes(45, seed=1))
+        second = model.stream(speaker, generator=seeded(1), n_timesteps=1)
+        second.push(random_codes(105, seed=2))
+        second.next_job()  # tokens [0, 45) done: the next job is [30, 105), longer
+        return [first.next_job(), second.next_job()]
+
+    merging = Token2Wav.from_pretrained(vocoder_dir, compile=AccelOptions(frame_bucket=16))
+    separate = Token2Wav.from_pretrained(
+        vocoder_dir, compile=AccelOptions(frame_bucket=16, merge_frames=0)
+    )
+    assert _flow_groups(merging, jobs_for(merging)) == [[1, 0]]
+    assert _flow_groups(separate, jobs_for(separate)) == [[0], [1]]
