@@ -292,6 +292,23 @@ def load_model(folder: Path, variant: str, merge_frames: int | None) -> tuple[To
     return model, info | {"options": {k: str(v) for k, v in options.__dict__.items()}}
 
 
+def first_chunk_ms(model: Token2Wav, prompt: Any, repeats: int = 5) -> dict[str, float]:
+    """An idle GPU, one stream: compute of the `feed` that brings the 45th code (median, min);
+    the stream is fed 40 codes first."""
+    codes = np.random.default_rng(SEED).integers(0, 5120, 45).tolist()
+    times = []
+    for i in range(repeats + 2):  # the first two capture/warm the HiFT shapes
+        stream = model.stream(prompt, generator=torch.Generator().manual_seed(i))
+        stream.feed(codes[:40])
+        sync()
+        started = time.perf_counter()
+        out = stream.feed(codes[40:])
+        sync()
+        assert out.size
+        times.append(1000 * (time.perf_counter() - started))
+    return {"median": float(np.median(times[2:])), "min": float(min(times[2:]))}
+
+
 def summarise(result: SimResult, warmup_s: float, seconds: float) -> dict[str, Any]:
     chunks = [c for c in result.chunks if c.due >= warmup_s]
     if not chunks:
@@ -347,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(SEED)
     prompts = [speaker(rng) for _ in range(args.speakers)]
     simulate(model, prompts, 8, 4.0, np.random.default_rng(SEED + 1))  # HiFT/alloc warm-up
+    result["first_chunk_b1_ms"] = first_chunk_ms(model, prompts[0])
+    print(f"first chunk at batch 1: {result['first_chunk_b1_ms']}", flush=True)
     breakdown = Breakdown(model)
     for lm in args.lm.split(","):
         for n in (int(x) for x in args.streams.split(",")):
@@ -363,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
                 run |= {"lm_steps": load.steps, "lm_late_steps": load.late_steps}
             run |= summarise(sim, args.warmup, args.seconds)
             run["stage_s"] = dict(breakdown.seconds) | {"step_total": sim.busy_s}
+            if model.hift_graphs is not None:
+                run["hift_graphs"] = len(model.hift_graphs.graphs)
+                run["hift_graph_replays"] = model.hift_graphs.graphs.replays
+                run["hift_graphs_disabled"] = model.hift_graphs.disabled
             result["runs"].append(run)
             (out / "bench_streams.json").write_text(json.dumps(result, indent=2))
             print(json.dumps(run), flush=True)

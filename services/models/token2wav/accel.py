@@ -25,8 +25,10 @@ eagerly, which is what the CPU tests check against the unpadded path.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,9 @@ import torch
 
 from services.models.token2wav.estimator import BasicTransformerBlock, ResnetBlock1D
 from services.models.token2wav.flow import MaskedDiffWithXvec
-from services.models.token2wav.hift import HiFTGenerator, WeightNormConv
+from services.models.token2wav.hift import HiFTGenerator, SourceRandomness, WeightNormConv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class AccelOptions:
     # frame-rows on an H100 with graphs: a call costs ≈ 40-70 ms + 0.021 ms per frame-row)
     merge_frames: int = 2048
     freeze_hift_weights: bool = True  # compute HiFT's weight-norm weights once
+    hift_graphs: bool = True  # streaming HiFT windows as CUDA graphs (shapes seen twice)
+    max_hift_graphs: int = 64
 
     def __post_init__(self) -> None:
         if self.frame_bucket < 1:
@@ -262,6 +268,77 @@ class FlowSolver:
         else:
             (x,) = run(*args)
         return x[:batch, :, :frames]
+
+
+class HiftGraphs:
+    """Streaming HiFT windows (F0 → source → decode) as CUDA graphs.
+
+    A window shape (batch bucket, window frames, left context, new frames) is captured the
+    second time it is seen — the stream schedule makes first, second and steady chunks repeat
+    the same shapes, while odd final chunks stay eager. Batch padding rows are zeros (HiFT
+    rows are independent). The graphed decode uses `istft_overlap_add` (torch.istft syncs).
+    """
+
+    def __init__(self, hift: HiFTGenerator, options: AccelOptions) -> None:
+        self.hift = hift
+        self.options = options
+        self.graphs = GraphCache(options.max_hift_graphs)
+        self._seen: Counter[Hashable] = Counter()
+        self.disabled = False
+
+    def run(
+        self,
+        window: torch.Tensor,
+        source_tail: torch.Tensor,
+        phases: torch.Tensor,
+        noise: torch.Tensor,
+        carry: torch.Tensor | None,
+        left: int,
+        middle: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(wav (B, W · spf), new source (B, 1, middle), last phase (B, H)), or None when this
+        shape runs eagerly. `left`/`middle` are in samples."""
+        batch = window.shape[0]
+        if self.disabled or window.device.type != "cuda" or middle == 0:
+            return None
+        if batch > self.options.max_batch:
+            return None
+        padded = self.options.batch_for(batch)
+        key = ("hift", padded, window.shape[2], left, middle)
+        if key not in self.graphs:
+            self._seen[key] += 1
+            if self._seen[key] < 2 or self.graphs.full():
+                return None
+        if carry is None:
+            carry = phases.new_zeros(phases.shape)  # adding 0 cycles changes nothing
+        args = [_pad_rows(x, padded) for x in (window, source_tail, phases, noise, carry)]
+        hift = self.hift
+
+        def fn(
+            window_: torch.Tensor,
+            source_tail_: torch.Tensor,
+            phases_: torch.Tensor,
+            noise_: torch.Tensor,
+            carry_: torch.Tensor,
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            f0 = hift.f0_per_sample(window_)[:, left:]
+            fresh, cycles = hift.source(f0, SourceRandomness(phases_, noise_, carry_))
+            wav = hift.decode(window_, torch.cat([source_tail_, fresh], dim=2), True)
+            return wav, fresh[:, :, :middle].contiguous(), cycles[:, :, middle - 1].contiguous()
+
+        try:
+            wav, fresh, last = self.graphs.run(key, fn, args)
+        except RuntimeError as exc:  # a capture failure must not stop audio: stay eager
+            log.warning("HiFT graph capture failed, HiFT stays eager: %s", exc)
+            self.disabled = True
+            return None
+        return wav[:batch], fresh[:batch], last[:batch]
+
+
+def _pad_rows(x: torch.Tensor, batch: int) -> torch.Tensor:
+    if x.shape[0] == batch:
+        return x
+    return torch.cat([x, x.new_zeros(batch - x.shape[0], *x.shape[1:])])
 
 
 def frame_mask(

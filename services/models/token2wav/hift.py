@@ -154,6 +154,21 @@ class SourceModuleHnNSF(nn.Module):
         return merged.transpose(1, 2), cycles
 
 
+def istft_overlap_add(
+    spectrum: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor
+) -> torch.Tensor:
+    """`torch.istft(spectrum, n_fft, hop, n_fft, window, center=True)` without host syncs:
+    spectrum (B, n_fft // 2 + 1, F) → (B, hop · (F − 1))."""
+    frames = torch.fft.irfft(spectrum, n=n_fft, dim=1) * window[None, :, None]
+    count = frames.shape[2]
+    length = n_fft + hop * (count - 1)
+    fold = {"output_size": (1, length), "kernel_size": (1, n_fft), "stride": (1, hop)}
+    summed = F.fold(frames, **fold)[:, 0, 0]
+    envelope = F.fold((window**2)[None, :, None].expand(1, n_fft, count), **fold)[0, 0, 0]
+    half = n_fft // 2
+    return summed[:, half : length - half] / envelope[half : length - half]
+
+
 class HiFTGenerator(nn.Module):
     def __init__(self, config: HiftConfig) -> None:
         super().__init__()
@@ -210,15 +225,22 @@ class HiFTGenerator(nn.Module):
 
     def f0_per_sample(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, 80, T) → f0 (B, T · samples_per_frame), nearest-neighbour upsampled."""
-        return torch.repeat_interleave(self.f0_predictor(mel), self.samples_per_frame, dim=1)
+        f0 = self.f0_predictor(mel)  # (B, T); expand + reshape: no host sync (CUDA graphs)
+        return f0[:, :, None].expand(-1, -1, self.samples_per_frame).reshape(f0.shape[0], -1)
 
     def source(
         self, f0: torch.Tensor, randomness: SourceRandomness
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.m_source(f0, randomness)
 
-    def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """mel (B, 80, T) + source (B, 1, T · 256) → waveform (B, T · 256) in ±audio_limit."""
+    def decode(
+        self, mel: torch.Tensor, source: torch.Tensor, overlap_add: bool = False
+    ) -> torch.Tensor:
+        """mel (B, 80, T) + source (B, 1, T · 256) → waveform (B, T · 256) in ±audio_limit.
+
+        `overlap_add`: inverse STFT by irfft + overlap-add (`istft_overlap_add`) instead of
+        `torch.istft`, whose window check reads a value back to the host and so cannot be
+        captured in a CUDA graph; equal up to float rounding."""
         n_fft, hop = self.config.istft_n_fft, self.config.istft_hop_len
         spec = torch.stft(
             source.squeeze(1), n_fft, hop, n_fft, window=self.stft_window, return_complex=True
@@ -237,7 +259,10 @@ class HiFTGenerator(nn.Module):
         magnitude = torch.exp(x[:, : n_fft // 2 + 1]).clamp(max=1e2)
         phase = torch.sin(x[:, n_fft // 2 + 1 :])
         spectrum = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        wav = torch.istft(spectrum, n_fft, hop, n_fft, window=self.stft_window)
+        if overlap_add:
+            wav = istft_overlap_add(spectrum, n_fft, hop, self.stft_window)
+        else:
+            wav = torch.istft(spectrum, n_fft, hop, n_fft, window=self.stft_window)
         return wav.clamp(-self.config.audio_limit, self.config.audio_limit)
 
     def forward(

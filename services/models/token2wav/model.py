@@ -17,7 +17,7 @@ import torch
 
 from services.common.audio import AudioError, as_float_mono, check_sample_rate, resample
 from services.models.audio_tokens import ids_to_codes
-from services.models.token2wav.accel import AccelOptions, FlowSolver, freeze_hift
+from services.models.token2wav.accel import AccelOptions, FlowSolver, HiftGraphs, freeze_hift
 from services.models.token2wav.checkpoint import FLOW_FILE, HIFT_FILE, load_strict
 from services.models.token2wav.config import Token2WavConfig, load_config
 from services.models.token2wav.features import (
@@ -60,10 +60,12 @@ class Token2Wav:
         self.device = device
         self.sample_rate_hz = config.sample_rate_hz
         self.solver: FlowSolver | None = None  # set by compile_for_gpu
+        self.hift_graphs: HiftGraphs | None = None  # set by compile_for_gpu
 
     def compile_for_gpu(self, options: AccelOptions | None = None, **overrides: Any) -> Token2Wav:
         """Switch to the fast path (accel.py): padded, bucketed flow calls replayed as CUDA
-        graphs (on CUDA), cross-stream batching in `decode_chunks`, HiFT weights computed once.
+        graphs (on CUDA), cross-stream batching in `decode_chunks`, HiFT weights computed once
+        and streaming HiFT windows of recurring shapes replayed as CUDA graphs.
 
         Results stay within bf16 tolerance of the eager path (padding changes only float
         summation order). Graphs are captured on first use of each shape; call `warm_up` (or
@@ -76,6 +78,7 @@ class Token2Wav:
         self.solver = FlowSolver(self.flow, options)
         if options.freeze_hift_weights:
             freeze_hift(self.hift)
+        self.hift_graphs = HiftGraphs(self.hift, options) if options.hift_graphs else None
         return self
 
     # --- loading ----------------------------------------------------------------------------

@@ -435,6 +435,7 @@ class _StreamingVocoder:
     """HiFT over a growing mel: left context with cached source, right context, crossfade."""
 
     def __init__(self, model: Token2Wav, randomness: Randomness, options: StreamOptions) -> None:
+        self.model = model
         self.hift = model.hift
         self.device = model.device
         self.randomness = randomness
@@ -471,10 +472,12 @@ class _StreamingVocoder:
         return settled.cpu().numpy().astype(np.float32)
 
     def _advance(
-        self, new_mel: torch.Tensor, new_source: torch.Tensor, cycles: torch.Tensor, middle: int
+        self, new_mel: torch.Tensor, new_source: torch.Tensor, last_cycles: torch.Tensor | None
     ) -> None:
-        if middle:
-            self.carry = cycles[:, :, middle - 1]
+        """Keep the left context: mel, its source samples, and the phase reached (cycles at
+        the last new sample, (1, H); None when there were no new samples)."""
+        if last_cycles is not None:
+            self.carry = last_cycles
         self.mel_tail = torch.cat([self.mel_tail, new_mel], dim=2)[:, :, -self.left_frames :]
         kept = self.mel_tail.shape[2] * self.spf
         source = torch.cat([self.source_tail, new_source], dim=2)
@@ -526,24 +529,33 @@ def _push_group(
     window = torch.cat(windows)
     left = first.mel_tail.shape[2] * spf
     middle = mels[0].shape[2] * spf
-    f0 = hift.f0_per_sample(window)[:, left:]
+    fresh_samples = window.shape[2] * spf - left
     starts = [v.done_frames * spf for v in vocoders]
     carries = [v.carry for v in vocoders]
-    randomness = SourceRandomness(
-        phases=torch.stack([v.randomness.harmonic_phases for v in vocoders]).to(device),
-        noise=torch.stack(
-            [
-                v.randomness.source_rows(start, start + f0.shape[1])
-                for v, start in zip(vocoders, starts, strict=True)
-            ]
-        ).to(device),
-        carry=None if carries[0] is None else torch.cat([c for c in carries if c is not None]),
-    )
-    fresh_source, cycles = hift.source(f0, randomness)
+    phases = torch.stack([v.randomness.harmonic_phases for v in vocoders]).to(device)
+    noise = torch.stack(
+        [
+            v.randomness.source_rows(start, start + fresh_samples)
+            for v, start in zip(vocoders, starts, strict=True)
+        ]
+    ).to(device)
+    carry = None if carries[0] is None else torch.cat([c for c in carries if c is not None])
     source_tails = torch.cat([v.source_tail for v in vocoders])
-    wav = hift.decode(window, torch.cat([source_tails, fresh_source], dim=2))
+    graphs = first.model.hift_graphs
+    graphed = None
+    if graphs is not None:
+        graphed = graphs.run(window, source_tails, phases, noise, carry, left, middle)
+    if graphed is not None:
+        wav, new_source, last_cycles = graphed
+    else:
+        f0 = hift.f0_per_sample(window)[:, left:]
+        fresh_source, cycles = hift.source(f0, SourceRandomness(phases, noise, carry))
+        wav = hift.decode(window, torch.cat([source_tails, fresh_source], dim=2))
+        new_source = fresh_source[:, :, :middle]
+        last_cycles = cycles[:, :, middle - 1] if middle else None
     audio = []
     for i, (vocoder, mel, final) in enumerate(zip(vocoders, mels, finals, strict=True)):
         audio.append(vocoder._settle(wav[i], left, middle, final))
-        vocoder._advance(mel, fresh_source[i : i + 1, :, :middle], cycles[i : i + 1], middle)
+        last = None if last_cycles is None else last_cycles[i : i + 1]
+        vocoder._advance(mel, new_source[i : i + 1], last)
     return audio

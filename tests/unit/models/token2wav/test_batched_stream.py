@@ -230,3 +230,29 @@ def test_small_groups_join_a_longer_call_when_padding_is_cheap(
     )
     assert _flow_groups(merging, jobs_for(merging)) == [[1, 0]]
     assert _flow_groups(separate, jobs_for(separate)) == [[0], [1]]
+
+
+def test_overlap_add_istft_equals_torch_istft(model: Token2Wav) -> None:
+    from services.models.token2wav.hift import istft_overlap_add
+
+    window = model.hift.stft_window
+    spectrum = torch.randn(3, 9, 40, dtype=torch.complex64, generator=seeded(2))
+    want = torch.istft(spectrum, 16, 4, 16, window=window)
+    torch.testing.assert_close(istft_overlap_add(spectrum, 16, 4, window), want)
+    mel = torch.randn(2, 80, 12, generator=seeded(3)) - 5
+    source = torch.randn(2, 1, 12 * 256, generator=seeded(4)) * 0.1
+    with torch.inference_mode():
+        a, b = model.hift.decode(mel, source), model.hift.decode(mel, source, True)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_hift_graphs_stay_out_of_the_way_on_the_cpu(padded_model: Token2Wav) -> None:
+    graphs = padded_model.hift_graphs
+    assert graphs is not None
+    window = torch.zeros(1, 80, 10)
+    assert (
+        graphs.run(
+            window, torch.zeros(1, 1, 0), torch.zeros(1, 9), torch.zeros(1, 9, 2560), None, 0, 2560
+        )
+        is None
+    )
