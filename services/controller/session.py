@@ -112,7 +112,7 @@ class RealtimeSession:
         self._outbound: asyncio.Queue[tuple[dict[str, Any] | bytes, str | None]] = asyncio.Queue(
             maxsize=OUTBOUND_QUEUE
         )
-        self._dropped_responses: set[str] = set()
+        self._dropped_responses: dict[str, None] = {}  # insertion-ordered set
         self.reply: Reply | None = None
         self.speculation: Reply | None = None
         self._vad_task: asyncio.Task[None] | None = None
@@ -186,8 +186,18 @@ class RealtimeSession:
     async def send(self, event: dict[str, Any] | bytes, response_id: str | None = None) -> None:
         if self.closed:
             return
+        item = (event, response_id)
         try:
-            await asyncio.wait_for(self._outbound.put((event, response_id)), SEND_TIMEOUT_S)
+            self._outbound.put_nowait(item)  # the usual case: no wait
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives just as the put completes, and a cancelled reply's _play worker
+            # then ran on and blocked its task (and the socket's reader) for good
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self._outbound.put(item)
         except TimeoutError:
             log.warning("slow consumer session=%s: closing", self.session_id)
             self.closed = True
@@ -205,9 +215,9 @@ class RealtimeSession:
                 await self.ws.send_text(json.dumps(event, ensure_ascii=False))
 
     def _drop(self, response_id: str) -> None:
-        self._dropped_responses.add(response_id)
-        if len(self._dropped_responses) > 64:  # only recent replies can still have queued events
-            self._dropped_responses.pop()
+        self._dropped_responses[response_id] = None
+        while len(self._dropped_responses) > 64:  # only recent replies can have queued events
+            del self._dropped_responses[next(iter(self._dropped_responses))]
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -348,7 +358,7 @@ class RealtimeSession:
             try:
                 async for event in self.audio.vad_events(config):
                     backoff, reported = VAD_RETRY_FIRST_S, False
-                    await self._on_vad_event(event)
+                    await self._handle_vad_event(event)
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED:
@@ -361,6 +371,17 @@ class RealtimeSession:
                     await self.send(error_event(code, message))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, VAD_RETRY_MAX_S)
+
+    async def _handle_vad_event(self, event: vad_pb2.SpeechEvent) -> None:
+        """A bug in one event's handling must not end turn detection for the session."""
+        try:
+            await self._on_vad_event(event)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            raise
+        except Exception:
+            log.exception("handling a VAD event failed session=%s", self.session_id)
+            self.state.metrics.record_error(ErrorCode.INTERNAL_ERROR)
+            await self.send(error_event(ErrorCode.INTERNAL_ERROR, "internal error; see the log"))
 
     async def _on_vad_event(self, event: vad_pb2.SpeechEvent) -> None:
         if event.kind == _VAD_STARTED:
@@ -582,8 +603,14 @@ class RealtimeSession:
         except E2eUnavailable as exc:
             status = "failed"
             await reply.sink.event(error_event(exc.code, str(exc)))
+        except Exception:  # a bug: fail this reply loudly, keep the session
+            log.exception("reply failed session=%s response=%s", self.session_id, reply.response_id)
+            status = "failed"
+            self.state.metrics.record_error(ErrorCode.INTERNAL_ERROR)
+            await reply.sink.event(error_event(ErrorCode.INTERNAL_ERROR, "internal error"))
         if reply.speculative and reply.sink.held:
             await reply.sink.released.wait()  # a held reply finishes only once committed
+        await reply.sink.drained()  # response.done after the held audio
         if error is not None:
             await self._service_error(error, "llm")
         await self._finish_reply(reply, status)
@@ -653,6 +680,7 @@ class RealtimeSession:
             return
         self._drop(reply.response_id)
         reply.task.cancel()
+        reply.sink.stop()
         await asyncio.gather(reply.task, return_exceptions=True)
         log.info("reply interrupted session=%s reason=%s", self.session_id, reason)
         await self._finish_reply(reply, "cancelled", interrupted=True)

@@ -123,6 +123,7 @@ class ResponseSink:
         self.progress = progress
         self._held_events: list[tuple[dict[str, Any] | bytes, float]] = []
         self._playback_start: float | None = None
+        self._flush: asyncio.Task[None] | None = None  # a commit's held audio beyond the lead
 
     def mark(self, stage: str) -> None:
         self.progress.mark(stage)
@@ -152,6 +153,7 @@ class ResponseSink:
             if self.held:
                 self._held_events.append((payload, seconds))
             else:
+                await self.drained()  # a committed reply's held audio goes first
                 await self._send_audio(payload, seconds)
 
     def _audio_payload(self, pcm: np.ndarray) -> dict[str, Any] | bytes:
@@ -176,17 +178,47 @@ class ResponseSink:
         await self._send(payload, self.response_id)
         self.progress.audio_seconds_sent += seconds
 
+    def _wait_s(self) -> float:
+        """How long the next audio must wait to stay within the lead (≤ 0: send now)."""
+        if self._playback_start is None:
+            return 0.0
+        sent = self.progress.audio_seconds_sent
+        return self._playback_start + sent - self.lead_s - time.monotonic()
+
     async def release(self) -> None:
-        """Commit a held response: flush what it made at once, then stream live."""
+        """Commit a held response: its events and its audio up to the lead go out now; the
+        rest of its audio is paced by a flush task, and live audio queues behind that.
+
+        Never waits for pacing: the caller is the session's VAD loop, which must stay free to
+        see a barge-in, and live audio must not overtake the held audio.
+        """
         self.held = False
         held, self._held_events = self._held_events, []
         self.progress.audio_seconds_sent = 0.0
-        for payload, seconds in held:
-            if seconds:
-                await self._send_audio(payload, seconds)
-            else:
-                await self._send(payload, self.response_id)
         self.released.set()
+        audio = [(payload, seconds) for payload, seconds in held if seconds]
+        for payload, seconds in held:
+            if not seconds:
+                await self._send(payload, self.response_id)
+        while audio and self._wait_s() <= 0:
+            await self._send_audio(*audio.pop(0))
+        if audio:
+            self._flush = asyncio.create_task(self._send_paced(audio))
+
+    async def _send_paced(self, audio: list[tuple[dict[str, Any] | bytes, float]]) -> None:
+        for payload, seconds in audio:
+            await self._send_audio(payload, seconds)
+
+    async def drained(self) -> None:
+        """Wait until a commit's held audio is all sent, or its flush was stopped (a waiter
+        that is cancelled leaves the flush running: only stop() ends it)."""
+        if self._flush is not None and not self._flush.done():
+            await asyncio.wait([self._flush])
+
+    def stop(self) -> None:
+        """Cancel the flush of held audio (the response was interrupted)."""
+        if self._flush is not None:
+            self._flush.cancel()
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Call:
     started: float
     prompt_ids: list[int] = field(default_factory=list)
     pcm: list[np.ndarray] = field(default_factory=list)  # TTS: audio produced, in order
+    pcm_times: list[float] = field(default_factory=list)  # when each piece was produced
     first_output: float | None = None
     outcome: str = "running"  # "finished" (ran to its end) | "closed" (cancelled / aborted)
 
@@ -75,14 +76,21 @@ class Calls:
         return sorted(calls, key=lambda c: int(c.request_id.removeprefix(prefix)))
 
 
-async def _recorded(call: Call, outputs: AsyncIterator[Any], audio: bool) -> AsyncIterator[Any]:
+async def _recorded(
+    call: Call, outputs: AsyncIterator[Any], audio: bool, hold: asyncio.Event | None = None
+) -> AsyncIterator[Any]:
+    """Pass the engine's outputs through, recording them; with ``hold``, every audio piece
+    after the first waits for that event (a TTS that is slow on cue)."""
     try:
         async with aclosing(outputs) as stream:  # type: ignore[type-var]
             async for output in stream:
                 if call.first_output is None:
                     call.first_output = time.monotonic()
                 if audio and output.samples.size:
+                    if hold is not None and call.pcm:
+                        await hold.wait()
                     call.pcm.append(np.array(output.samples, dtype=np.float32))
+                    call.pcm_times.append(time.monotonic())
                 yield output
         call.outcome = "finished"
     except BaseException:  # GeneratorExit (closed) or CancelledError: the call was cut short
@@ -103,14 +111,15 @@ def record_llm(stack: Stack) -> Calls:
     return calls
 
 
-def record_tts(stack: Stack) -> Calls:
+def record_tts(stack: Stack, hold: asyncio.Event | None = None) -> Calls:
     engine = stack.services["tts"].engine
     original, calls = engine.synthesize, Calls()
 
     def synthesize(text, voice, options, *, request_id=""):  # type: ignore[no-untyped-def]
         call = Call(request_id, time.monotonic())
         calls.calls[request_id] = call
-        return _recorded(call, original(text, voice, options, request_id=request_id), audio=True)
+        pieces = original(text, voice, options, request_id=request_id)
+        return _recorded(call, pieces, audio=True, hold=hold)
 
     engine.synthesize = synthesize
     return calls
@@ -395,3 +404,65 @@ async def test_a_speculation_that_got_no_input_ids_does_not_block_the_turn(
     assert speculations(stack, "committed") == 0
     turns = await stored_turns(redis_server.url, client.result.session_id)
     assert [t.role for t in turns] == ["user", "assistant"] * 2
+
+
+async def test_commit_while_the_first_clause_is_still_synthesized_keeps_the_audio_in_order(
+    tiny_pack: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Held audio beyond the output lead is paced out after the commit while the first
+    clause's TTS call is still streaming: the live audio must queue behind it (it used to be
+    interleaved with it), and the commit must not block the session on that pacing."""
+    controller = {"turn": {"seed": 7}}
+    committed = asyncio.Event()  # the TTS makes the first clause's later pieces after this
+    async with running_stack(
+        tiny_pack, redis_server.url, tmp_path, controller=controller, tts=LONG_CLAUSES
+    ) as stack:
+        llm, tts = record_llm(stack), record_tts(stack, hold=committed)
+        async with RealtimeClient(stack.url) as client:
+            await client.configure(speculative=True, transcribe=False)
+            await client.stream_audio(
+                np.concatenate([phrase(f"{FIRST_HALF} {SECOND_HALF}"), silence(PAUSE_S)]), RATE_HZ
+            )
+            await until(lambda: any(c.pcm for c in tts.calls.values()), "the held reply's audio")
+            [speculation] = llm.replies()
+            first_clause = tts.calls[f"{speculation.request_id}-0"]
+            held_samples = first_clause.pcm[0].size
+            ending = asyncio.create_task(client.stream_audio(silence(END_OF_TURN_S), RATE_HZ))
+            await client.wait_for("input_audio_buffer.committed")
+            committed.set()
+            await ending
+            while client.result.pcm.size < 3 * 24_000:  # 3 s: the held piece and live ones
+                await client.next_event(WAIT_S)
+            await client.send({"type": "response.cancel"})
+            done = (await client.wait_for("response.done"))["response"]
+    assert done["id"] == speculation.request_id and done["speculative"]
+    assert done["status"] == "cancelled"
+    assert len(first_clause.pcm) >= 2 and 0 < held_samples < 3 * 24_000
+    sent = pcm16(client.result.pcm)
+    synthesized = pcm16(np.concatenate(first_clause.pcm))
+    assert synthesized.size >= sent.size
+    assert int(np.abs(sent - synthesized[: sent.size]).max()) <= 1  # in order, nothing skipped
+
+
+async def test_replies_cancelled_at_their_first_audio_end(stack: Stack) -> None:
+    """response.cancel while a reply sends its first audio (a burst up to the output lead):
+    the reply ends with response.done. On Python 3.11, asyncio.wait_for in the session's send
+    swallowed a cancellation arriving as the put completed, and the session hung for good."""
+    async with RealtimeClient(stack.url) as client:
+        # the LLM is still streaming text deltas (each one a send) when the first audio goes
+        await client.configure(speculative=False, transcribe=False, max_response_output_tokens=256)
+        for _ in range(3):
+            speaking = asyncio.create_task(
+                client.stream_audio(
+                    np.concatenate([phrase(f"{FIRST_HALF} {SECOND_HALF}"), silence(1.5)]),
+                    RATE_HZ,
+                )
+            )
+            await client.wait_for("response.audio.delta")
+            await client.send({"type": "response.cancel"})
+            done = (await client.wait_for("response.done", timeout_s=30))["response"]
+            assert done["status"] == "cancelled"
+            await speaking
+    assert (
+        stack.metric("controller", "stepaudio_controller_responses_total", status="cancelled") == 3
+    )
