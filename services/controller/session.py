@@ -67,11 +67,9 @@ log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 OUTBOUND_QUEUE = 512  # events; ≈ 10 s of 20 ms audio deltas
-SEND_TIMEOUT_S = 5.0
-VAD_RETRY_FIRST_S, VAD_RETRY_MAX_S = (
-    0.2,
-    5.0,
-)  # a client that does not read for this long is closed (slow consumer)
+SEND_TIMEOUT_S = 5.0  # a client that does not read for this long is closed (slow consumer)
+VAD_RETRY_FIRST_S, VAD_RETRY_MAX_S = 0.2, 5.0  # VAD stream reopen backoff
+CANCEL_WAIT_S = 2.0  # a cancelled reply gets this long to unwind before the turn goes on
 _VAD_STARTED = vad_pb2.SpeechEvent.SPEECH_STARTED
 _VAD_PAUSED = vad_pb2.SpeechEvent.SPEECH_PAUSED
 _VAD_RESUMED = vad_pb2.SpeechEvent.SPEECH_RESUMED
@@ -681,9 +679,22 @@ class RealtimeSession:
         self._drop(reply.response_id)
         reply.task.cancel()
         reply.sink.stop()
-        await asyncio.gather(reply.task, return_exceptions=True)
+        await self._await_cancelled(reply.task)
         log.info("reply interrupted session=%s reason=%s", self.session_id, reason)
         await self._finish_reply(reply, "cancelled", interrupted=True)
+
+    async def _await_cancelled(self, task: asyncio.Task[None]) -> None:
+        """Wait (bounded) for a cancelled reply to unwind: turn detection must never stall."""
+        done, _ = await asyncio.wait([task], timeout=CANCEL_WAIT_S)
+        if done:
+            return
+        stack = "; ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in task.get_stack())
+        log.warning(
+            "reply still unwinding %.1f s after cancel session=%s at %s",
+            CANCEL_WAIT_S, self.session_id, stack,
+        )  # fmt: skip
+        self._background.add(task)  # cancelled again at session end if still running
+        task.add_done_callback(self._background.discard)
 
     async def _service_error(self, exc: grpc.aio.AioRpcError, service: str) -> None:
         code = code_from_rpc_error(exc, service)
