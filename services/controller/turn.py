@@ -293,7 +293,8 @@ class ResponseRunner:
                     for clause in splitter.push(reply.text):
                         self.sink.mark("first_clause")
                         await clauses.put(clause)
-            for clause in splitter.flush():
+            for clause in splitter.flush():  # a reply without a clause end is one clause
+                self.sink.mark("first_clause")
                 await clauses.put(clause)
             await clauses.put(None)
             await asyncio.gather(*workers)

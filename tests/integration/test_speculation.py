@@ -286,6 +286,7 @@ async def test_pause_then_silence_commits_the_held_reply(
     timings = done["timings_ms"]
     assert timings["speculation_started"] < 0 and timings["llm_first_token"] < 0
     assert timings["tts_first_chunk"] < 0 <= timings["first_audio"]
+    assert timings["llm_first_token"] <= timings["first_clause"] <= timings["tts_first_chunk"]
     first_tts = tts.of_response(spec_id)[0]
     assert first_tts.first_output is not None and first_tts.first_output < times[stopped]
     # held: nothing of it reached the client before the turn was committed
