@@ -432,8 +432,17 @@ class RealtimeSession:
 
     async def _run_speculation(self, reply: Reply, audio: Any) -> None:
         reply.progress.mark("speculation_started")
-        token_ids = await self.audio.tokenize(audio)
+        try:
+            token_ids = await self.audio.tokenize(audio)
+        except grpc.aio.AioRpcError as exc:
+            if self.reply is reply:  # committed meanwhile: the turn needs its answer
+                await self._service_error(exc, "tokenizer")
+                await self._finish_reply(reply, "failed")
+            return
         if not token_ids:
+            if self.reply is reply:
+                await self.send(error_event(ErrorCode.EMPTY_AUDIO, "the turn holds no speech"))
+                await self._finish_reply(reply, "failed")
             return
         await self._respond(reply, Turn(role="user", audio_token_ids=token_ids))
 
