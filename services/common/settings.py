@@ -86,7 +86,28 @@ class UnknownEnvVarSource(PydanticBaseSettingsSource):
         return unknown
 
 
-class BaseServiceSettings(BaseSettings):
+class StrictEnvSettings(BaseSettings):
+    """Settings whose unknown ``<prefix>*`` environment variables are errors, not ignored."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            UnknownEnvVarSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+
+class BaseServiceSettings(StrictEnvSettings):
     """Host/ports, logging, gRPC limits and drain timings common to every service."""
 
     model_config = SettingsConfigDict(extra="forbid", env_nested_delimiter="__")
@@ -120,23 +141,6 @@ class BaseServiceSettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            UnknownEnvVarSource(settings_cls),
-            dotenv_settings,
-            file_secret_settings,
-        )
 
 
 # ----- env-var table (the README lists every variable; a test compares them) -----

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KeepaliveSettings, UnknownEnvVarSource
+from services.common.settings import KeepaliveSettings, StrictEnvSettings
 
 Pipeline = Literal["cascade", "end_to_end"]
 OUTPUT_RATES_HZ = (16_000, 22_050, 24_000)
@@ -91,7 +91,7 @@ class LimitSettings(BaseModel):
     )
 
 
-class ControllerSettings(BaseSettings):
+class ControllerSettings(StrictEnvSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONTROLLER_", extra="forbid", env_nested_delimiter="__"
     )
@@ -112,16 +112,3 @@ class ControllerSettings(BaseSettings):
     rpc_timeout_s: float = Field(
         60, gt=0, le=3600, description="Deadline of one streaming call to a service (s)."
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # a typo'd CONTROLLER_* variable fails loudly, as for the gRPC services
-        unknown = UnknownEnvVarSource(settings_cls)
-        return (init_settings, env_settings, unknown, dotenv_settings, file_secret_settings)

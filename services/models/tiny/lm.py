@@ -38,42 +38,30 @@ class TinyLmSpec:
     shards: int
 
 
-def chat_spec() -> TinyLmSpec:
-    config = Step1Config(
+def _tiny_config(max_seq_len: int) -> Step1Config:
+    return Step1Config(
         hidden_size=32,
         intermediate_size=64,
         num_attention_heads=4,
         num_attention_groups=2,
         num_hidden_layers=2,
         vocab_size=VOCAB_SIZE,
-        max_seq_len=4096,
+        max_seq_len=max_seq_len,
     )
+
+
+def chat_spec() -> TinyLmSpec:
+    config = _tiny_config(max_seq_len=4096)
     return TinyLmSpec(config, emits_text=True, emits_audio=False, eot_margin=0.15, shards=2)
 
 
 def tts_spec() -> TinyLmSpec:
-    config = Step1Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_attention_groups=2,
-        num_hidden_layers=2,
-        vocab_size=VOCAB_SIZE,
-        max_seq_len=8192,
-    )
+    config = _tiny_config(max_seq_len=8192)
     return TinyLmSpec(config, emits_text=False, emits_audio=True, eot_margin=0.15, shards=1)
 
 
 def aqaa_spec() -> TinyLmSpec:
-    config = Step1Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_attention_groups=2,
-        num_hidden_layers=2,
-        vocab_size=VOCAB_SIZE,
-        max_seq_len=8192,
-    )
+    config = _tiny_config(max_seq_len=8192)
     return TinyLmSpec(config, emits_text=True, emits_audio=True, eot_margin=0.17, shards=2)
 
 
