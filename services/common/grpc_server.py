@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -26,7 +26,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from services.common.metrics import start_metrics_server
+from services.common.errors import ErrorCode, abort, abort_for_exception, error_code_of
+from services.common.metrics import ServiceMetrics, start_metrics_server
 from services.common.settings import BaseServiceSettings
 
 log = logging.getLogger(__name__)
@@ -207,3 +208,48 @@ async def run_service(service: GrpcService, settings: BaseServiceSettings) -> No
             loop.remove_signal_handler(sig)
         if metrics is not None:
             metrics.close()
+
+
+class StreamAdmission:
+    """Admission, lifetime cap and error mapping around each long streaming RPC of a service.
+
+    Over ``max_streams`` the call is refused with RESOURCE_EXHAUSTED (``overloaded``). An
+    admitted call gets its response headers at once, so a client that awaits
+    ``initial_metadata()`` before its first write sees a later abort with its real status
+    (grpc/grpc#36066). The body runs under ``max_stream_s``; coded engine errors become their
+    status, anything else ``internal_error``.
+    """
+
+    def __init__(self, metrics: ServiceMetrics, max_streams: int, max_stream_s: float, what: str):
+        self.metrics = metrics
+        self.max_streams = max_streams
+        self.max_stream_s = max_stream_s
+        self.what = what
+        self.active = 0
+
+    async def run(
+        self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[None]]
+    ) -> None:
+        if self.active >= self.max_streams:
+            await self._fail(context, ErrorCode.OVERLOADED, f"too many {self.what} streams; retry")
+        self.active += 1
+        self.metrics.active_streams.inc()
+        try:
+            await context.send_initial_metadata(())
+            async with asyncio.timeout(self.max_stream_s):
+                await body()
+        except grpc.aio.AbortError:
+            raise
+        except TimeoutError:
+            message = f"stream exceeded {self.max_stream_s} s"
+            await self._fail(context, ErrorCode.DEADLINE_EXCEEDED, message)
+        except Exception as exc:  # coded validation/engine errors → their status
+            self.metrics.record_error(error_code_of(exc))
+            await abort_for_exception(context, exc)
+        finally:
+            self.active -= 1
+            self.metrics.active_streams.dec()
+
+    async def _fail(self, context: grpc.aio.ServicerContext, code: ErrorCode, message: str) -> None:
+        self.metrics.record_error(code)
+        await abort(context, code, message)

@@ -25,10 +25,10 @@ from services.common.audio_proto import decode_chunk
 from services.common.errors import (
     ErrorCode,
     ServiceError,
-    abort,
     abort_for_exception,
     error_code_of,
 )
+from services.common.grpc_server import StreamAdmission
 from services.common.metrics import ServiceMetrics
 from services.common.worker import EngineWorker, WorkerClosed
 from services.models.audio_tokenizer import AudioTokenizer, AudioTokenizerStream
@@ -96,9 +96,15 @@ class TokenizerService:
             buckets=REALTIME_FACTOR_BUCKETS,
         )
         self.audio_seconds = self.metrics.counter("audio_seconds", "Audio tokenised (s).")
-        self.active_streams = 0
+        self.admission = StreamAdmission(
+            self.metrics, settings.max_streams, settings.max_stream_s, "tokenizer"
+        )
         self.tokenizer: AudioTokenizer | None = None
         self.workers: WorkerPool | None = None
+
+    @property
+    def active_streams(self) -> int:
+        return self.admission.active
 
     def register(self, server: grpc.aio.Server) -> None:
         tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server(TokenizerServicer(self), server)
@@ -210,27 +216,11 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         service = self._service
-        if service.active_streams >= service.settings.max_streams:
-            await self._fail(context, ErrorCode.OVERLOADED, "too many tokenizer streams; retry")
-        service.active_streams += 1
-        service.metrics.active_streams.inc()
-        try:
-            # Admitted: headers now, so a client awaiting initial_metadata() before its first
-            # write sees a later abort with its real status (grpc/grpc#36066).
-            await context.send_initial_metadata(())
-            async with asyncio.timeout(service.settings.max_stream_s):
-                await TokenizeStreamSession(service).run(request_iterator, context.write)
-        except grpc.aio.AbortError:
-            raise
-        except TimeoutError:
-            limit = service.settings.max_stream_s
-            await self._fail(context, ErrorCode.DEADLINE_EXCEEDED, f"stream exceeded {limit} s")
-        except Exception as exc:  # coded validation/engine errors → their status
-            service.metrics.record_error(error_code_of(exc))
-            await abort_for_exception(context, exc)
-        finally:
-            service.active_streams -= 1
-            service.metrics.active_streams.dec()
+
+        async def stream() -> None:
+            await TokenizeStreamSession(service).run(request_iterator, context.write)
+
+        await service.admission.run(context, stream)
 
     async def Tokenize(
         self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
@@ -251,7 +241,3 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         audio_seconds = samples.size / rate
         service.observe_finished(audio_seconds, seconds)
         return tokenizer_pb2.TokenizeResponse(token_ids=ids, audio_seconds=audio_seconds)
-
-    async def _fail(self, context: grpc.aio.ServicerContext, code: ErrorCode, message: str) -> None:
-        self._service.metrics.record_error(code)
-        await abort(context, code, message)

@@ -22,10 +22,8 @@ from services.common.audio_proto import decode_chunk
 from services.common.errors import (
     ErrorCode,
     ServiceError,
-    abort,
-    abort_for_exception,
-    error_code_of,
 )
+from services.common.grpc_server import StreamAdmission
 from services.common.metrics import BATCH_SIZE_BUCKETS, ServiceMetrics
 from services.common.worker import BatchStepLoop, WorkerClosed
 from services.vad.config import VadSettings
@@ -68,8 +66,14 @@ class VadService:
         self.batch_size = self.metrics.histogram(
             "batch", "Frames per batched VAD model step.", unit="size", buckets=BATCH_SIZE_BUCKETS
         )
-        self.active_streams = 0
+        self.admission = StreamAdmission(
+            self.metrics, settings.max_streams, settings.max_stream_s, "VAD"
+        )
         self.step_loop: BatchStepLoop[FrameJob, float] | None = None
+
+    @property
+    def active_streams(self) -> int:
+        return self.admission.active
 
     def register(self, server: grpc.aio.Server) -> None:
         vad_pb2_grpc.add_VadServiceServicer_to_server(VadServicer(self), server)
@@ -174,32 +178,10 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         service = self._service
-        if service.active_streams >= service.settings.max_streams:
-            await self._fail(context, ErrorCode.OVERLOADED, "too many VAD streams; retry later")
-        service.active_streams += 1
-        service.metrics.active_streams.inc()
-        try:
-            # Headers now tell the client it was admitted: a client that awaits
-            # call.initial_metadata() before writing sees a rejection's real status
-            # (grpc aio clients may report INTERNAL for an abort that races their write,
-            # grpc/grpc#36066).
-            await context.send_initial_metadata(())
-            async with asyncio.timeout(service.settings.max_stream_s):
-                await VadStream(service).run(
-                    request_iterator, lambda event: context.write(to_proto(event))
-                )
-        except grpc.aio.AbortError:
-            raise
-        except TimeoutError:
-            limit = service.settings.max_stream_s
-            await self._fail(context, ErrorCode.DEADLINE_EXCEEDED, f"stream exceeded {limit} s")
-        except Exception as exc:  # coded engine/validation errors → their status
-            service.metrics.record_error(error_code_of(exc))
-            await abort_for_exception(context, exc)
-        finally:
-            service.active_streams -= 1
-            service.metrics.active_streams.dec()
 
-    async def _fail(self, context: grpc.aio.ServicerContext, code: ErrorCode, message: str) -> None:
-        self._service.metrics.record_error(code)
-        await abort(context, code, message)
+        async def stream() -> None:
+            await VadStream(service).run(
+                request_iterator, lambda event: context.write(to_proto(event))
+            )
+
+        await service.admission.run(context, stream)
