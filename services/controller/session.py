@@ -70,6 +70,8 @@ OUTBOUND_QUEUE = 512  # events; ≈ 10 s of 20 ms audio deltas
 SEND_TIMEOUT_S = 5.0  # a client that does not read for this long is closed (slow consumer)
 VAD_RETRY_FIRST_S, VAD_RETRY_MAX_S = 0.2, 5.0  # VAD stream reopen backoff
 CANCEL_WAIT_S = 2.0  # a cancelled reply gets this long to unwind before the turn goes on
+SHED_RETRIES = 8  # a real reply's retries after shedding speculations from a full LLM
+SHED_BACKOFF_S = 0.05
 _VAD_STARTED = vad_pb2.SpeechEvent.SPEECH_STARTED
 _VAD_PAUSED = vad_pb2.SpeechEvent.SPEECH_PAUSED
 _VAD_RESUMED = vad_pb2.SpeechEvent.SPEECH_RESUMED
@@ -625,19 +627,23 @@ class RealtimeSession:
     async def _run_with_shedding(self, reply: Reply, plan: ResponsePlan) -> None:
         """Committed turns come first: a real reply that finds the LLM full cancels a
         speculation (of any session) and tries again, before it waits or fails."""
-        while True:
+        shed = 0
+        for attempt in range(SHED_RETRIES + 1):
             try:
                 await ResponseRunner(self.state.clients, plan, reply.sink).run()
                 return
             except grpc.aio.AioRpcError as exc:
                 overloaded = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 untouched = not reply.progress.marks  # nothing produced yet: safe to redo
-                if reply.speculative or not (overloaded and untouched):
+                if reply.speculative or not (overloaded and untouched) or attempt == SHED_RETRIES:
                     raise
-                if not self.state.speculation.shed_one():
+                if self.state.speculation.shed_one():
+                    shed += 1
+                    self.state.metrics.speculations.labels(outcome="shed").inc()
+                elif not shed:  # nothing to shed: the LLM is simply full
                     raise
-                self.state.metrics.speculations.labels(outcome="shed").inc()
-                await asyncio.sleep(0.05)  # let the cancelled speculation leave the LLM
+                # the shed request leaves the LLM at its next engine step
+                await asyncio.sleep(SHED_BACKOFF_S * (attempt + 1))
 
     async def _finish_reply(self, reply: Reply, status: str, interrupted: bool = False) -> None:
         """Store the assistant turn (what was sent) and report response.done."""

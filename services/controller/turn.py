@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -267,12 +268,26 @@ class ResponseRunner:
             max_prompt_tokens=self.plan.max_prompt_tokens,
         )
 
-    async def _llm_stream(self, stub: Any) -> AsyncIterator[llm_pb2.GenerateResponse]:
+    @contextlib.asynccontextmanager
+    async def _llm_stream(
+        self, stub: Any
+    ) -> AsyncIterator[AsyncIterator[llm_pb2.GenerateResponse]]:
+        """The Generate call's replies; leaving the block cancels the call at once (a reply
+        cancelled elsewhere must free its LLM slot now, not when the call is collected)."""
         call = stub.Generate(self._generate_request(), timeout=self.plan.rpc_timeout_s)
-        async for reply in call:
-            if reply.token_ids:
-                self.sink.mark("llm_first_token")
-            yield reply
+
+        async def replies() -> AsyncIterator[llm_pb2.GenerateResponse]:
+            async for reply in call:
+                if reply.token_ids:
+                    self.sink.mark("llm_first_token")
+                yield reply
+
+        stream = replies()
+        try:
+            yield stream
+        finally:
+            call.cancel()
+            await stream.aclose()
 
     # -- cascade ---------------------------------------------------------------------------
 
@@ -286,8 +301,10 @@ class ResponseRunner:
         ]
         try:
             splitter = ClauseSplitter()
-            async for reply in self._llm_stream(self.clients.llm):
-                if reply.text:
+            async with self._llm_stream(self.clients.llm) as replies:
+                async for reply in replies:
+                    if not reply.text:
+                        continue
                     self.progress.text_generated += reply.text
                     await self.sink.text_delta(reply.text)
                     for clause in splitter.push(reply.text):
@@ -331,10 +348,14 @@ class ResponseRunner:
             voice=self.plan.voice,
             options=options,
         )
-        async for reply in self.clients.tts.Synthesize(request, timeout=self.plan.rpc_timeout_s):
-            if reply.audio.data:
-                self.sink.mark("tts_first_chunk")
-                await audio.put((self._to_output(reply.audio), clause))
+        call = self.clients.tts.Synthesize(request, timeout=self.plan.rpc_timeout_s)
+        try:
+            async for reply in call:
+                if reply.audio.data:
+                    self.sink.mark("tts_first_chunk")
+                    await audio.put((self._to_output(reply.audio), clause))
+        finally:
+            call.cancel()  # cancelled while waiting on the queue: the TTS must stop now
 
     async def _play(self, audio: asyncio.Queue[tuple[np.ndarray, str] | None]) -> None:
         while (item := await audio.get()) is not None:
@@ -366,20 +387,21 @@ class ResponseRunner:
         try:
             pending: list[int] = []
             reserved = 0
-            async for reply in self._llm_stream(self.clients.e2e_llm):
-                if reply.text:
-                    self.progress.text_generated += reply.text
-                    await self.sink.text_delta(reply.text)
-                # text vs audio is read from each id, never from an assumed interleave ratio
-                pending += [i for i in reply.token_ids if is_audio_id(i)]
-                reserved += sum(
-                    1 for i in reply.token_ids if in_audio_block(i) and not is_audio_id(i)
-                )
-                whole = len(pending) - len(pending) % GROUP_SIZE
-                if whole:
-                    self.progress.audio_token_ids += whole
-                    await groups.put(pending[:whole])
-                    pending = pending[whole:]
+            async with self._llm_stream(self.clients.e2e_llm) as replies:
+                async for reply in replies:
+                    if reply.text:
+                        self.progress.text_generated += reply.text
+                        await self.sink.text_delta(reply.text)
+                    # text vs audio is read from each id, never from an assumed interleave ratio
+                    pending += [i for i in reply.token_ids if is_audio_id(i)]
+                    reserved += sum(
+                        1 for i in reply.token_ids if in_audio_block(i) and not is_audio_id(i)
+                    )
+                    whole = len(pending) - len(pending) % GROUP_SIZE
+                    if whole:
+                        self.progress.audio_token_ids += whole
+                        await groups.put(pending[:whole])
+                        pending = pending[whole:]
             await groups.put(None)
             await vocoder
             await self._report_malformed(reserved, len(pending))
@@ -414,10 +436,13 @@ class ResponseRunner:
             first=tts_pb2.VocodeRequest(config=config),
         )
         call = self.clients.tts.Vocode(requests, timeout=self.plan.rpc_timeout_s)
-        async for reply in call:
-            if reply.audio.data:
-                self.sink.mark("tts_first_chunk")
-                await self.sink.audio(self._to_output(reply.audio), None)
+        try:
+            async for reply in call:
+                if reply.audio.data:
+                    self.sink.mark("tts_first_chunk")
+                    await self.sink.audio(self._to_output(reply.audio), None)
+        finally:
+            call.cancel()
         await self.sink.audio(self._flush_output(), None)
 
 

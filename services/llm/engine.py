@@ -123,8 +123,11 @@ class TorchLlmEngine:
             request, request.params.make_generator(), list(request.prompt_ids), stops=stops
         )
         with self._lock:
-            if len(self._waiting) >= self.max_waiting:
-                raise EngineOverloaded(f"{len(self._waiting)} requests already wait")
+            # free slots take waiting requests at the next steps; beyond them, max_waiting
+            if len(self._waiting) >= self.max_waiting + len(self._free_slots):
+                raise EngineOverloaded(
+                    f"{self.num_running} running and {len(self._waiting)} waiting requests"
+                )
             self._waiting.append(sequence)
 
     def abort(self, request_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -181,30 +182,34 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
         decoder = IncrementalDecoder(tokenizer)
         first = True
         try:
-            async for output in engine.generate(generation):
-                if output.error:
-                    raise RuntimeError(output.error)
-                if output.token_ids and first:
-                    service.time_to_first_token.observe(time.perf_counter() - started)
-                    first = False
-                service.generated_tokens.inc(len(output.token_ids))
-                text = decoder.push(output.token_ids)
-                if output.finished:
-                    text += decoder.flush()
-                    service.finished.labels(reason=str(output.finish_reason)).inc()
-                yield llm_pb2.GenerateResponse(
-                    token_ids=output.token_ids,
-                    text=text,
-                    finished=output.finished,
-                    finish_reason=_FINISH.get(output.finish_reason, 0)
-                    if output.finish_reason
-                    else 0,
-                    prompt_tokens=output.prompt_tokens,
-                    completion_tokens=output.completion_tokens,
-                    dropped_messages=dropped,
-                )
-        except asyncio.CancelledError:
-            # the client cancelled or its deadline passed; closing the stream aborted the request
+            # aclosing: however the call ends (cancel, client gone), the engine request is
+            # aborted now, not when the generator is collected
+            async with contextlib.aclosing(engine.generate(generation)) as outputs:
+                async for output in outputs:
+                    if output.error:
+                        raise RuntimeError(output.error)
+                    if output.token_ids and first:
+                        service.time_to_first_token.observe(time.perf_counter() - started)
+                        first = False
+                    service.generated_tokens.inc(len(output.token_ids))
+                    text = decoder.push(output.token_ids)
+                    if output.finished:
+                        text += decoder.flush()
+                        service.finished.labels(reason=str(output.finish_reason)).inc()
+                    yield llm_pb2.GenerateResponse(
+                        token_ids=output.token_ids,
+                        text=text,
+                        finished=output.finished,
+                        finish_reason=_FINISH.get(output.finish_reason, 0)
+                        if output.finish_reason
+                        else 0,
+                        prompt_tokens=output.prompt_tokens,
+                        completion_tokens=output.completion_tokens,
+                        dropped_messages=dropped,
+                    )
+        except (asyncio.CancelledError, GeneratorExit):
+            # the client cancelled, its deadline passed, or grpc closed this response stream
+            # (a cancelled client): closing the engine stream aborted the request
             service.finished.labels(reason=str(FinishReason.CANCELLED)).inc()
             raise
         except (EngineOverloaded, EngineClosed) as exc:

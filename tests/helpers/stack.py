@@ -59,6 +59,7 @@ async def running_stack(
     workdir: Path,
     *,
     controller: dict[str, Any] | None = None,
+    llm: dict[str, Any] | None = None,
     tts: dict[str, Any] | None = None,
     e2e: bool = False,
 ) -> AsyncIterator[Stack]:
@@ -67,7 +68,7 @@ async def running_stack(
     services: dict[str, Any] = {
         "vad": (VadService, VadSettings(**common)),
         "tokenizer": (TokenizerService, TokenizerSettings(**common, model_dir=model_dir)),
-        "llm": (LlmService, LlmSettings(**common, model_dir=model_dir)),
+        "llm": (LlmService, LlmSettings(**common, model_dir=model_dir, **(llm or {}))),
         "tts": (
             TtsService,
             TtsSettings(

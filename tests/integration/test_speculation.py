@@ -373,6 +373,44 @@ async def test_speculation_is_shed_when_none_may_run(
         assert [c.request_id for c in llm.replies()] == [done["id"]]
 
 
+async def test_a_committed_turn_sheds_another_sessions_speculation_from_a_full_llm(
+    tiny_pack: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # one LLM slot and no queue: a held speculation fills the LLM
+    async with running_stack(
+        tiny_pack, redis_server.url, tmp_path, llm={"max_running": 1, "max_waiting": 0}
+    ) as stack:
+        llm = record_llm(stack)
+        async with RealtimeClient(stack.url) as pausing, RealtimeClient(stack.url) as typing:
+            # session A pauses mid-sentence (a 5 s end-of-turn silence keeps its speculation
+            # held); greedy decoding never ends on the tiny Chat model, so it keeps the slot
+            await pausing.configure(
+                speculative=True, transcribe=False, temperature=0.0,
+                max_response_output_tokens=2048,
+                turn_detection={"type": "server_vad", "silence_duration_ms": 5000},
+            )  # fmt: skip
+            await typing.configure(speculative=False, transcribe=False)
+            pause = asyncio.create_task(
+                pausing.stream_audio(np.concatenate([phrase(FIRST_HALF), silence(3.0)]), RATE_HZ)
+            )
+            await until(lambda: len(llm.calls) == 1, "the speculation to reach the LLM")
+            # session B's committed (text) turn finds the LLM full: it must not wait or fail
+            await typing.send(
+                {"type": "conversation.item.create",
+                 "item": {"type": "message", "role": "user",
+                          "content": [{"type": "input_text", "text": "Quick question?"}]}}
+            )  # fmt: skip
+            await typing.wait_for("conversation.item.created")
+            await typing.send({"type": "response.create"})
+            done = (await typing.wait_for("response.done"))["response"]
+            await pause
+        assert done["status"] == "completed"
+        assert speculations(stack, "shed") >= 1
+        assert cancelled(stack, "llm") >= 1  # the speculation's request left the LLM
+        speculation = [c for c in llm.calls.values() if c.request_id != done["id"]]
+        assert speculation and all(c.outcome == "closed" for c in speculation)
+
+
 async def test_a_speculation_that_got_no_input_ids_does_not_block_the_turn(
     stack: Stack, redis_server: RedisServer
 ) -> None:

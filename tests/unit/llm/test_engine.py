@@ -79,9 +79,10 @@ def test_abort_frees_the_slot_and_reports_cancelled(model: Step1ForCausalLM) -> 
 
 def test_admission_limit_and_validation(model: Step1ForCausalLM) -> None:
     engine = TorchLlmEngine(model, max_running=1, max_waiting=1)
-    engine.add_request(GenerationRequest("a", PROMPTS[0], params(1)))
+    engine.add_request(GenerationRequest("a", PROMPTS[0], params(1)))  # for the free slot
+    engine.add_request(GenerationRequest("b", PROMPTS[0], params(1)))  # waits
     with pytest.raises(EngineOverloaded):
-        engine.add_request(GenerationRequest("b", PROMPTS[0], params(1)))
+        engine.add_request(GenerationRequest("c", PROMPTS[0], params(1)))
     with pytest.raises(ValueError, match="empty"):
         engine.validate(GenerationRequest("c", [], params(1)))
     with pytest.raises(ValueError, match="prompt ids must be in"):
@@ -131,3 +132,13 @@ def test_engine_from_pretrained_folder(tmp_path: Path) -> None:
     write_tiny_step1(tmp_path / "m", tts_spec(), seed=2)
     engine = TorchLlmEngine.from_pretrained(tmp_path / "m", max_running=2)
     assert engine.cache.slots == 2
+
+
+def test_without_a_queue_free_slots_still_admit(model: Step1ForCausalLM) -> None:
+    engine = TorchLlmEngine(model, max_running=1, max_waiting=0)
+    engine.add_request(GenerationRequest("a", PROMPTS[0], params(1)))  # takes the free slot
+    with pytest.raises(EngineOverloaded):
+        engine.add_request(GenerationRequest("b", PROMPTS[0], params(1)))
+    engine.step()
+    with pytest.raises(EngineOverloaded):  # the slot is busy and nothing may wait
+        engine.add_request(GenerationRequest("b", PROMPTS[0], params(1)))
