@@ -94,13 +94,8 @@ def speech_with_silence(silence_s: float = 1.0) -> tuple[np.ndarray, int]:
     return np.concatenate([samples, np.zeros(int(rate * silence_s), np.float32)]), rate
 
 
-async def detect_speech(
-    channel: grpc.aio.Channel,
-    requests: Sequence[vad_pb2.DetectSpeechRequest],
-    timeout_s: float = 30.0,
-) -> list[vad_pb2.SpeechEvent]:
-    """Send all requests on one DetectSpeech stream, half-close, collect every event."""
-    call = vad_pb2_grpc.VadServiceStub(channel).DetectSpeech(timeout=timeout_s)
+async def write_all_then_read(call: Any, requests: Sequence[Any]) -> list[Any]:
+    """Write every request on a bidi stream, half-close, then collect every response."""
     await call.initial_metadata()  # admitted (or rejected) before we write: no write race
     try:
         for request in requests:
@@ -108,7 +103,17 @@ async def detect_speech(
         await call.done_writing()
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the server ended the call early; reading below raises its status
-    return [event async for event in call]
+    return [response async for response in call]
+
+
+async def detect_speech(
+    channel: grpc.aio.Channel,
+    requests: Sequence[vad_pb2.DetectSpeechRequest],
+    timeout_s: float = 30.0,
+) -> list[vad_pb2.SpeechEvent]:
+    """Send all requests on one DetectSpeech stream, half-close, collect every event."""
+    call = vad_pb2_grpc.VadServiceStub(channel).DetectSpeech(timeout=timeout_s)
+    return await write_all_then_read(call, requests)
 
 
 def kinds(events: Sequence[vad_pb2.SpeechEvent]) -> list[str]:
@@ -131,14 +136,8 @@ async def tokenize_stream(
 ) -> list[tokenizer_pb2.TokenizeStreamResponse]:
     """Send every chunk on one TokenizeStream, half-close, collect every response."""
     call = tokenizer_pb2_grpc.TokenizerServiceStub(channel).TokenizeStream(timeout=timeout_s)
-    await call.initial_metadata()  # admitted (or rejected) before we write: no write race
-    try:
-        for chunk in chunks:
-            await call.write(tokenizer_pb2.TokenizeStreamRequest(audio=chunk))
-        await call.done_writing()
-    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        pass  # the server ended the call early; reading below raises its status
-    return [response async for response in call]
+    requests = [tokenizer_pb2.TokenizeStreamRequest(audio=chunk) for chunk in chunks]
+    return await write_all_then_read(call, requests)
 
 
 def metric(running: RunningService, name: str, **labels: str) -> float:
