@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from services.llm.engine import GenerationRequest, TorchLlmEngine
+from services.lm_engine.engine import GenerationRequest, TorchLlmEngine
 from services.models import layout
 from services.models.step1 import TTS_DEFAULTS, Step1ForCausalLM
 from services.models.tiny.lm import tts_spec, write_tiny_step1

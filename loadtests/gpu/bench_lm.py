@@ -66,7 +66,7 @@ def random_prompt(rng: random.Random, length: int) -> list[int]:
 
 
 def settings_for(variant: str, max_num_seqs: int) -> Any:
-    from services.llm.vllm_engine import VllmEngineSettings
+    from services.lm_engine.vllm_settings import VllmEngineSettings
 
     return VllmEngineSettings(
         max_num_seqs=max_num_seqs,
@@ -90,7 +90,7 @@ async def stream_times(engine: Any, request: Any) -> list[tuple[float, int]]:
 
 
 async def decode_rate(engine: Any, variant: str, batch: int, rng: random.Random) -> dict:
-    from services.llm.engine import GenerationRequest
+    from services.lm_engine.engine import GenerationRequest
 
     requests = [
         GenerationRequest(
@@ -117,7 +117,7 @@ async def decode_rate(engine: Any, variant: str, batch: int, rng: random.Random)
 
 
 async def ttft(engine: Any, variant: str, rng: random.Random, repeats: int = 5) -> float:
-    from services.llm.engine import GenerationRequest
+    from services.lm_engine.engine import GenerationRequest
 
     times = []
     for index in range(repeats):
@@ -131,7 +131,7 @@ async def ttft(engine: Any, variant: str, rng: random.Random, repeats: int = 5) 
 
 
 async def run_variant(folder: Path, variant: str, batches: list[int]) -> dict[str, Any]:
-    from services.llm.vllm_engine import VllmLlmEngine
+    from services.lm_engine.vllm_engine import VllmLlmEngine
 
     settings = settings_for(variant, max(batches))
     engine = VllmLlmEngine(folder, settings, extra_engine_args={"load_format": "dummy"})
@@ -183,7 +183,7 @@ def profile_batch1(folder: Path, variant: str, out: Path, steps: int = 128) -> d
     from vllm import LLM
     from vllm import SamplingParams as VllmSamplingParams
 
-    from services.llm.vllm_engine import engine_kwargs, register_vllm_step1
+    from services.lm_engine.vllm_engine import engine_kwargs, register_vllm_step1
 
     settings = settings_for(variant, 8)
     if settings.compile:

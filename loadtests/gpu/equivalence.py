@@ -132,7 +132,8 @@ def teacher_forced_logits(
 
 
 async def vllm_variant(folder: Path, variant: str, prompts: list[list[int]]) -> dict[str, Any]:
-    from services.llm.vllm_engine import VllmEngineSettings, VllmLlmEngine
+    from services.lm_engine.vllm_engine import VllmLlmEngine
+    from services.lm_engine.vllm_settings import VllmEngineSettings
 
     settings = VllmEngineSettings(
         compile=variant == "compiled",
@@ -157,7 +158,7 @@ async def vllm_variant(folder: Path, variant: str, prompts: list[list[int]]) -> 
 
 
 async def engine_ids(engine: Any, prompt: list[int], ras: bool) -> list[int]:
-    from services.llm.engine import GenerationRequest
+    from services.lm_engine.engine import GenerationRequest
 
     request = GenerationRequest(f"{'ras' if ras else 'plain'}-{len(prompt)}", prompt, greedy(ras))
     return [t async for output in engine.generate(request) for t in output.token_ids]
@@ -188,7 +189,7 @@ async def raw_logits(engine: Any, prompt: list[int]) -> list[dict[str, float]]:
 
 async def engine_checks(engine: Any, prompt: list[int]) -> dict[str, Any]:
     """Cancellation through the interface: closing the iterator, and abort()."""
-    from services.llm.engine import FinishReason, GenerationRequest
+    from services.lm_engine.engine import FinishReason, GenerationRequest
 
     long = SamplingParams(temperature=0.7, max_tokens=2000, ignore_eos=True, seed=1)
     stream = engine.generate(GenerationRequest("closed", prompt, long))

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, MiB
-from services.llm.vllm_engine import VllmEngineSettings
+from services.lm_engine.vllm_settings import VllmEngineSettings
 from services.models import layout
 
 

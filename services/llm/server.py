@@ -16,7 +16,7 @@ from stepaudio.serving.v1 import llm_pb2, llm_pb2_grpc
 from services.common.errors import ErrorCode, abort, abort_for_exception
 from services.common.metrics import ServiceMetrics
 from services.llm.config import LlmSettings
-from services.llm.engine import (
+from services.lm_engine.engine import (
     AsyncLlmEngine,
     EngineClosed,
     EngineOverloaded,
@@ -43,9 +43,9 @@ MAX_REQUEST_ID_CHARS = 128
 def build_engine(settings: LlmSettings) -> LlmEngine:
     """The configured engine; vLLM is imported only when asked for."""
     if settings.engine == "vllm":
-        from services.llm.vllm_engine import VllmLlmEngine  # GPU hosts only
+        from services.lm_engine.vllm_engine import VllmLlmEngine  # GPU hosts only
 
-        return VllmLlmEngine.from_settings(settings)
+        return VllmLlmEngine(settings.model_path, settings.vllm)
     torch_engine = TorchLlmEngine.from_pretrained(
         settings.model_path,
         device=settings.device,

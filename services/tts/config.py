@@ -9,10 +9,11 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, MiB
-from services.llm.vllm_engine import VllmEngineSettings
+from services.lm_engine.vllm_settings import VllmEngineSettings
 from services.models.step1.sampling import TTS_DEFAULTS
 from services.models.token2wav import StreamOptions
-from services.models.token2wav.model import DEFAULT_N_TIMESTEPS, MAX_PROMPT_SECONDS
+from services.models.token2wav.controls import DEFAULT_N_TIMESTEPS
+from services.models.token2wav.model import MAX_PROMPT_SECONDS
 
 _STREAM = StreamOptions()
 

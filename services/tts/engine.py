@@ -31,7 +31,7 @@ import torch
 
 from services.common.audio import AudioError, StreamResampler, as_float_mono, check_sample_rate
 from services.common.worker import EngineWorker
-from services.llm.engine import (
+from services.lm_engine.engine import (
     AsyncLlmEngine,
     FinishReason,
     GenerationRequest,
@@ -52,7 +52,7 @@ from services.models.token2wav import (
     UnknownSpeakerError,
     load_upstream_speakers,
 )
-from services.models.token2wav.model import check_controls
+from services.models.token2wav.controls import check_controls
 from services.tts.config import TtsSettings
 from services.tts.voices import Voice, VoiceError, VoiceRegistry, check_prompt_text
 
@@ -217,7 +217,7 @@ def build_lm(settings: TtsSettings) -> LlmEngine:
     """The TTS LM engine (torch reference or vLLM), as the LLM service selects its engine."""
     folder = layout.tts_dir(settings.model_dir)
     if settings.engine == "vllm":
-        from services.llm.vllm_engine import VllmLlmEngine  # GPU hosts only
+        from services.lm_engine.vllm_engine import VllmLlmEngine  # GPU hosts only
 
         return VllmLlmEngine(folder, settings.vllm)
     torch_engine = TorchLlmEngine.from_pretrained(

@@ -11,7 +11,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from services.llm.vllm_engine import VllmEngineSettings
+from services.lm_engine.vllm_settings import VllmEngineSettings
 from tests.deploy._support import (
     CHART,
     FULLNAME,

@@ -11,7 +11,7 @@ import pytest
 
 from services.cli.realtime_client import RealtimeClient, TurnResult
 from services.common.audio import decode_audio_file
-from services.llm.engine import FinishReason, GenerationOutput, GenerationRequest
+from services.lm_engine.engine import FinishReason, GenerationOutput, GenerationRequest
 from services.models.audio_tokens import TOKENS_PER_SECOND
 from services.models.tiny import ASSETS
 from tests.helpers.redis import RedisServer

@@ -13,7 +13,7 @@ from stepaudio.serving.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 
 from services.common.errors import code_from_rpc_error
 from services.common.grpc_client import check_health
-from services.llm.engine import AsyncLlmEngine
+from services.lm_engine.engine import AsyncLlmEngine
 from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE
 from services.tts.config import TtsSettings
 from services.tts.server import TTS_SERVICE_NAME, TtsService

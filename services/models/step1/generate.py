@@ -1,6 +1,6 @@
 """Single-sequence generation with the torch Step1 model (CLI, tests, reference checks).
 
-The serving engine (services/llm/engine.py) runs many sequences in one batch; this loop is
+The serving engine (services/lm_engine/engine.py) runs many sequences in one batch; this loop is
 the simplest correct use of the same model and sampler.
 """
 

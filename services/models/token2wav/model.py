@@ -20,6 +20,12 @@ from services.models.audio_tokens import ids_to_codes
 from services.models.token2wav.accel import AccelOptions, FlowSolver, HiftGraphs, freeze_hift
 from services.models.token2wav.checkpoint import FLOW_FILE, HIFT_FILE, load_strict
 from services.models.token2wav.config import Token2WavConfig, load_config
+from services.models.token2wav.controls import (
+    DEFAULT_N_TIMESTEPS,
+    apply_volume,
+    check_controls,
+    model_codes,
+)
 from services.models.token2wav.features import (
     CAMPPLUS_FILE,
     CAMPPLUS_SAMPLE_RATE_HZ,
@@ -30,16 +36,12 @@ from services.models.token2wav.flow import MaskedDiffWithXvec
 from services.models.token2wav.hift import HiFTGenerator, SourceRandomness
 from services.models.token2wav.noise import Randomness
 from services.models.token2wav.speakers import SpeakerPrompt
+from services.models.token2wav.streaming import StreamOptions, Token2WavStream
 
-if TYPE_CHECKING:
-    from services.models.token2wav.streaming import Token2WavStream
 
-DEFAULT_N_TIMESTEPS = 10  # upstream hard-codes 10 Euler steps
 MIN_PROMPT_SECONDS = 1.0
 MAX_PROMPT_SECONDS = 30.0
 SILENCE_PEAK = 1e-4  # a prompt whose peak stays below this is treated as silent
-MIN_SPEED, MAX_SPEED = 0.5, 2.0
-MAX_VOLUME = 10.0
 
 
 class Token2Wav:
@@ -267,8 +269,6 @@ class Token2Wav:
         self, speaker: SpeakerPrompt, *, generator: torch.Generator | None = None, **options: Any
     ) -> Token2WavStream:
         """A chunked decoder for codes that arrive over time (see streaming.py for options)."""
-        from services.models.token2wav.streaming import StreamOptions, Token2WavStream
-
         return Token2WavStream(self, speaker, generator=generator, options=StreamOptions(**options))
 
 
@@ -289,7 +289,7 @@ class _BatchInputs:
     ) -> _BatchInputs:
         if not codes or len(codes) != len(speakers):
             raise ValueError("decode_batch needs one speaker per code sequence (and at least one)")
-        arrays = [model_codes(model, c) for c in codes]
+        arrays = [model_codes(model.config.flow.vocab_size, c) for c in codes]
         shapes = {
             (a.size, s.prompt_codes.size, s.prompt_mel.shape)
             for a, s in zip(arrays, speakers, strict=True)
@@ -308,32 +308,6 @@ class _BatchInputs:
             n_codes=int(arrays[0].size),
             prompt_frames=int(speakers[0].prompt_mel.shape[0]),
         )
-
-
-def model_codes(model: Token2Wav, codes: Sequence[int]) -> np.ndarray:
-    """Validate flow codes; negatives are clamped to 0 inside the flow, as upstream does."""
-    array = np.asarray(list(codes), dtype=np.int64).reshape(-1)
-    vocab = model.config.flow.vocab_size
-    if array.size and int(array.max()) >= vocab:
-        raise ValueError(f"code {int(array.max())} is outside the flow vocabulary (< {vocab})")
-    return array
-
-
-def apply_volume(wav: np.ndarray, volume: float, limit: float = 0.99) -> np.ndarray:
-    """Gain, then clip at ±limit so that a loud gain cannot wrap around in PCM conversion."""
-    out = wav.astype(np.float32, copy=False)
-    if volume != 1.0:
-        out = np.clip(out * np.float32(volume), -limit, limit)
-    return out
-
-
-def check_controls(speed: float, volume: float, n_timesteps: int | None = None) -> None:
-    if n_timesteps is not None and n_timesteps < 1:
-        raise ValueError(f"n_timesteps must be at least 1, got {n_timesteps}")
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise ValueError(f"speed {speed} is outside {MIN_SPEED}..{MAX_SPEED}")
-    if not 0.0 <= volume <= MAX_VOLUME:
-        raise ValueError(f"volume {volume} is outside 0..{MAX_VOLUME}")
 
 
 def _checked_prompt_audio(prompt_wav: np.ndarray, sample_rate_hz: int) -> np.ndarray:

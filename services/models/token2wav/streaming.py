@@ -33,7 +33,7 @@ import torch
 
 from services.models.audio_tokens import GROUP_SIZE
 from services.models.token2wav.hift import SourceRandomness
-from services.models.token2wav.model import (
+from services.models.token2wav.controls import (
     DEFAULT_N_TIMESTEPS,
     apply_volume,
     check_controls,
@@ -186,7 +186,7 @@ class Token2WavStream:
         """Add codes without decoding anything (see `next_job`)."""
         if self._finished:
             raise RuntimeError("stream already finished")
-        self._codes.extend(model_codes(self.model, codes).tolist())
+        self._codes.extend(model_codes(self.model.config.flow.vocab_size, codes).tolist())
 
     def has_due_chunk(self, finish: bool = False) -> bool:
         """Whether `next_job(finish)` would return a job (the schedule is not advanced)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.audio import AudioError, decode_audio_file
-from services.llm.engine import FinishReason, GenerationOutput, GenerationRequest
+from services.lm_engine.engine import FinishReason, GenerationOutput, GenerationRequest
 from services.models import layout
 from services.models.audio_tokenizer import AudioTokenizer
 from services.models.text_tokenizer import TextTokenizer

@@ -7,7 +7,7 @@ import pytest
 
 from services.models.audio_tokens import TOKENS_PER_SECOND
 from services.models.token2wav import SpeakerPrompt, Token2Wav
-from services.models.token2wav.model import apply_volume
+from services.models.token2wav.controls import apply_volume
 from tests.unit.models.token2wav.helpers import random_codes, seeded
 
 STEPS = 3  # fewer Euler steps keep the suite fast; the default (10) is used once below

@@ -2,7 +2,7 @@
 
 This is the vLLM-free part: per-row state kept in step with vLLM's persistent batch (requests
 added, removed and moved between rows) and the masking of one id per row. The vLLM class that
-vLLM loads (``services.models.vllm_step1:RepetitionAwareLogitsProcessor``) only forwards to
+vLLM loads (``services.lm_engine.vllm_model:RepetitionAwareLogitsProcessor``) only forwards to
 ``RasBatchState``, so everything here runs and is tested on the CPU without vllm installed.
 
 The rule is ``services.models.step1.repetition_banned_token`` (the torch reference's): over the

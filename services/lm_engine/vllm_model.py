@@ -1,6 +1,6 @@
 """The project's Step1ForCausalLM for vLLM 0.26, plus the RAS logits processor vLLM loads.
 
-Imported only on GPU hosts by ``services.llm.vllm_engine`` (and by vLLM's own processes); it
+Imported only on GPU hosts by ``services.lm_engine.vllm_engine`` (and by vLLM's own processes); it
 imports vllm at module level. Why a class of our own instead of vLLM's ``step1.py``:
 
 - vLLM 0.26's ``Step1ForCausalLM.forward`` has no default for ``intermediate_tensors``, so CUDA
@@ -12,9 +12,9 @@ imports vllm at module level. Why a class of our own instead of vLLM's ``step1.p
 
 Attention stays vLLM's ``Attention`` with ALiBi-sqrt, which only the TRITON_ATTN backend has.
 
-vLLM finds these classes by name: ``services.llm.vllm_engine.register_vllm_step1`` registers the
-model as ``services.models.vllm_step1:VllmStep1ForCausalLM`` (in every vLLM process, as a vLLM
-plugin) and the engine names the processor in ``logits_processors``.
+vLLM finds these classes by name: ``services.lm_engine.vllm_engine.register_vllm_step1``
+registers the model as ``services.lm_engine.vllm_model:VllmStep1ForCausalLM`` (in every vLLM
+process, as a vLLM plugin) and the engine names the processor in ``logits_processors``.
 """
 
 from collections.abc import Iterable
@@ -56,7 +56,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.v1.sample.logits_processor import BatchUpdate
 from vllm.v1.sample.logits_processor import LogitsProcessor as VllmLogitsProcessor
 
-from services.llm.ras_processor import RasBatchState, ras_requested
+from services.lm_engine.ras import RasBatchState, ras_requested
 from services.models.step1.model import alibi_slopes
 
 
@@ -290,7 +290,7 @@ class RepetitionAwareLogitsProcessor(VllmLogitsProcessor):
     """Step-Audio's repetition-aware rule for requests with ``extra_args["repetition_aware"]``.
 
     vLLM loads it by name (``logits_processors``) in the engine core; the state and the masking
-    live in ``services.llm.ras_processor.RasBatchState`` (tested on the CPU).
+    live in ``services.lm_engine.ras.RasBatchState`` (tested on the CPU).
     """
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):

@@ -20,15 +20,15 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings
-from services.llm.engine import (
+from services.lm_engine.engine import (
     EngineClosed,
     EngineOverloaded,
     FinishReason,
     GenerationOutput,
     GenerationRequest,
 )
-from services.llm.ras_processor import RAS_EXTRA_ARG, RasBatchState, RasRow, ras_requested
-from services.llm.vllm_engine import (
+from services.lm_engine.ras import RAS_EXTRA_ARG, RasBatchState, RasRow, ras_requested
+from services.lm_engine.vllm_engine import (
     RAS_PROCESSOR,
     AdmissionLimit,
     DeltaConverter,
@@ -320,14 +320,14 @@ def test_plugin_entry_point_is_discoverable(tmp_path: Path) -> None:
         # the installed project declares it too (pyproject); both name the same function
         plugins = [e for e in entry_points(group="vllm.general_plugins") if "stepaudio" in e.name]
         assert plugins
-        assert {p.value for p in plugins} == {"services.llm.vllm_engine:register_vllm_step1"}
+        assert {p.value for p in plugins} == {"services.lm_engine.vllm_engine:register_vllm_step1"}
     finally:
         sys.path.remove(str(root))
 
 
 def test_the_cpu_path_never_imports_vllm() -> None:
     code = (
-        "import sys, services.llm.vllm_engine, services.llm.ras_processor, services.llm.server;"
+        "import sys, services.lm_engine.vllm_engine, services.lm_engine.ras, services.llm.server;"
         "assert 'vllm' not in sys.modules, 'vllm imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -3,7 +3,7 @@
 GPU hosts only. vllm is imported only inside functions and methods that need it (and by the
 modules vLLM itself loads), so the CPU path imports this module for its settings and helpers.
 
-Semantics match the torch engine (services/llm/engine.py): prompts are token ids, outputs are
+Semantics match the torch engine (services/lm_engine/engine.py): prompts are token ids, outputs are
 the new ids since the previous output, the stop id is not part of the output, a consumer that
 closes its iterator aborts the request, and more than ``max_num_seqs + max_waiting`` requests in
 flight raise ``EngineOverloaded``. Step1 specifics (docs: upstream.md section 9): the TRITON_ATTN
@@ -22,29 +22,25 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from services.llm.engine import (
+from services.lm_engine.engine import (
     EngineClosed,
     EngineOverloaded,
     FinishReason,
     GenerationOutput,
     GenerationRequest,
 )
-from services.llm.ras_processor import RAS_EXTRA_ARG
+from services.lm_engine.ras import RAS_EXTRA_ARG
+from services.lm_engine.vllm_settings import VllmEngineSettings
 from services.models.step1 import SamplingParams, Step1Config
-
-if TYPE_CHECKING:
-    from services.llm.config import LlmSettings
 
 log = logging.getLogger(__name__)
 
 STEP1_EOS_ID = 3  # <|EOT|>; config.json's eos_token_id
 STEP1_ARCHITECTURE = "Step1ForCausalLM"
-VLLM_STEP1_CLASS = "services.models.vllm_step1:VllmStep1ForCausalLM"
-RAS_PROCESSOR = "services.models.vllm_step1:RepetitionAwareLogitsProcessor"
+VLLM_STEP1_CLASS = "services.lm_engine.vllm_model:VllmStep1ForCausalLM"
+RAS_PROCESSOR = "services.lm_engine.vllm_model:RepetitionAwareLogitsProcessor"
 PLUGIN_GROUP = "vllm.general_plugins"
 PLUGIN_NAME = "stepaudio_step1"  # list it in VLLM_PLUGINS where that allowlist is set
 _FINISH_REASONS = {
@@ -52,64 +48,6 @@ _FINISH_REASONS = {
     "length": FinishReason.LENGTH,
     "abort": FinishReason.CANCELLED,
 }
-
-
-class VllmEngineSettings(BaseModel):
-    """vLLM engine options; nested in the LLM/TTS settings as ``vllm`` (``LLM_VLLM__<FIELD>``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tensor_parallel_size: int = Field(
-        1, ge=1, le=16, description="GPUs per model replica (Chat 130B: 4 or 8; TTS-3B: 1)."
-    )
-    pipeline_parallel_size: int = Field(1, ge=1, le=16, description="Pipeline stages.")
-    distributed_executor_backend: Literal["mp", "ray"] = Field(
-        "mp",
-        description="With several GPUs: mp = worker processes on one host; ray = across hosts "
-        "(one GPU always runs the worker inside vLLM's engine process).",
-    )
-    dtype: Literal["bfloat16", "float16"] = Field(
-        "bfloat16", description="Activation/weight dtype (the checkpoints are bf16)."
-    )
-    quantization: Literal["fp8"] | None = Field(
-        None, description="fp8 = online fp8 weight quantization (halves weight bytes)."
-    )
-    gpu_memory_utilization: float = Field(
-        0.85, ge=0.1, le=0.98, description="Fraction of GPU memory vLLM may take."
-    )
-    max_num_seqs: int = Field(128, ge=1, le=2048, description="Sequences decoded together.")
-    max_model_len: int | None = Field(
-        None, ge=16, le=32768, description="Prompt + completion limit; None = config max_seq_len."
-    )
-    max_waiting: int = Field(
-        256, ge=0, le=100_000, description="Requests admitted beyond max_num_seqs before overload."
-    )
-    enforce_eager: bool = Field(
-        False, description="No CUDA graphs and no torch.compile (debugging; much slower)."
-    )
-    compile: bool = Field(
-        True,
-        description="Serve the project's Step1 class (CUDA graphs + torch.compile); false = "
-        "vLLM's own Step1, which only runs with enforce_eager.",
-    )
-    attention_backend: Literal["TRITON_ATTN"] = Field(
-        "TRITON_ATTN", description="The only vLLM 0.26 backend with ALiBi-sqrt."
-    )
-    repetition_aware: bool = Field(
-        True,
-        description="Load the RAS logits processor (TTS needs it; requests opt in). vLLM then "
-        "uses its V1 model runner, which custom logits processors require.",
-    )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Engine seed (unseeded requests).")
-
-    @model_validator(mode="after")
-    def _stock_step1_needs_eager(self) -> VllmEngineSettings:
-        if not self.compile and not self.enforce_eager:
-            raise ValueError(
-                "vLLM 0.26's own Step1 cannot capture CUDA graphs; set compile=true (the "
-                "project's Step1) or enforce_eager=true"
-            )
-        return self
 
 
 def step1_overrides(model_dir: Path) -> dict[str, Any]:
@@ -310,10 +248,6 @@ class VllmLlmEngine:
         self._extra_engine_args = dict(extra_engine_args or {})
         self._admission = AdmissionLimit(settings.max_num_seqs + settings.max_waiting)
         self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
-
-    @classmethod
-    def from_settings(cls, settings: LlmSettings) -> VllmLlmEngine:
-        return cls(settings.model_path, settings.vllm)
 
     @property
     def vocab_size(self) -> int:

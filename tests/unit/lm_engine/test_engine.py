@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.llm.engine import (
+from services.lm_engine.engine import (
     AsyncLlmEngine,
     EngineOverloaded,
     FinishReason,
