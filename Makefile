@@ -22,7 +22,9 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (CPU)
+setup: ## system programs (apt-get as root), then .venv with the project (CPU)
+	python3 deploy/system_packages.py
+	$(MAKE) --no-print-directory $(STAMP)
 
 build/proto/.stamp: $(PROTO_SRC)
 	rm -rf build/proto && mkdir -p build/proto

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"stepaudio: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder that cannot be read or written, a port in use
+        print(f"stepaudio: error: {exc}", file=sys.stderr)
+        return 2
 
 
 class CliError(Exception):

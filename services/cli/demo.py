@@ -8,7 +8,9 @@ import json
 import os
 from pathlib import Path
 
+from services.cli import CliError
 from services.cli.clients import run_chat
+from services.cli.realtime_client import RealtimeError
 from services.cli.stack import LocalStack, free_port
 from services.models.tiny import ASSETS, write_tiny_pack
 
@@ -36,6 +38,10 @@ def _demo(args: argparse.Namespace) -> int:
             f"stack ready at {stack.url}; speaking {ASSETS / 'demo_question.wav'} ...", flush=True
         )
         summary = asyncio.run(run_chat(stack.url, ASSETS / "demo_question.wav", out / "reply.wav"))
+    except (OSError, RealtimeError, TimeoutError) as exc:
+        raise CliError(
+            f"the spoken exchange failed: {exc} (service logs in {stack.workdir})"
+        ) from exc
     finally:
         stack.stop()
     print(json.dumps(summary, ensure_ascii=False))

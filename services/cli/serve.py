@@ -9,7 +9,6 @@ import signal
 import threading
 from pathlib import Path
 
-from services.cli import CliError
 from services.cli.stack import SERVICES, LocalStack
 
 RUNNABLE = (*SERVICES, "controller")
@@ -34,11 +33,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.service:  # one service, configured by its own environment variables
         runpy.run_module(f"services.{args.service}", run_name="__main__")
         return 0
-    if not (args.model_dir / "Step-Audio-Chat").is_dir():
-        raise CliError(
-            f"no model pack at {args.model_dir}; write the tiny one with "
-            f"`stepaudio models tiny --out {args.model_dir}` or set STEPAUDIO_MODEL_DIR"
-        )
     stack = LocalStack(
         model_dir=args.model_dir.resolve(),
         workdir=args.workdir.resolve(),

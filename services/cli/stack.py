@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.cli import CliError
 from services.models import layout
 
 SERVICES = ("vad", "tokenizer", "llm", "tts")
@@ -32,24 +33,69 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port that something else holds, before any process is started."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"port {port} on {host} is in use ({exc.strerror}): stop what holds it "
+                "or pick another with --port"
+            ) from None
+
+
+def check_model_root(root: Path) -> None:
+    """The three model folders exist and can be read, before any service tries to load them."""
+    for folder in (root, layout.chat_dir(root), layout.tts_dir(root), layout.tokenizer_dir(root)):
+        if not folder.is_dir():
+            raise CliError(
+                f"no model folder {folder}: point --model-dir / STEPAUDIO_MODEL_DIR at a model "
+                "root holding the Step-Audio folders (README), or write the tiny pack with "
+                f"`stepaudio models tiny --out {root}`"
+            )
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise CliError(f"model folder {folder} is not readable by this user: fix its mode")
+
+
+def last_log_line(log: Path) -> str:
+    """The last non-empty line a process wrote: usually the reason it stopped."""
+    with contextlib.suppress(OSError):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return "(no output)"
+
+
+def exited_error(name: str, process: subprocess.Popen[bytes], log: Path) -> CliError:
+    return CliError(
+        f"{name} exited with code {process.returncode} while starting: {last_log_line(log)} "
+        f"(whole log: {log})"
+    )
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], name: str, timeout_s: float, log: Path
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {process.returncode} while starting")
+            raise exited_error(name, process, log)
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"{name} did not open port {port} within {timeout_s:.0f} s")
+    raise CliError(f"{name} did not open port {port} within {timeout_s:.0f} s (log: {log})")
 
 
-def wait_ready(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> None:
+def wait_ready(
+    url: str, processes: dict[str, subprocess.Popen[bytes]], timeout_s: float, logs: Path
+) -> None:
     """Poll the controller's /readyz until every service reports SERVING."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for name, process in processes.items():
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}")
+                raise exited_error(name, process, logs / f"{name}.log")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as reply:
                 if reply.status == 200:
@@ -57,7 +103,9 @@ def wait_ready(url: str, processes: dict[str, subprocess.Popen[bytes]], timeout_
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"the stack was not ready within {timeout_s:.0f} s ({url}/readyz)")
+    raise CliError(
+        f"the stack was not ready within {timeout_s:.0f} s ({url}/readyz); logs in {logs}"
+    )
 
 
 @dataclass
@@ -90,6 +138,8 @@ class LocalStack:
         return env
 
     def start(self) -> LocalStack:
+        check_port_free(self.host, self.controller_port)
+        check_model_root(self.model_dir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_redis()
@@ -105,13 +155,17 @@ class LocalStack:
             return
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server not found: install it or set CONTROLLER_REDIS__URL")
+            raise CliError(
+                "redis-server is not installed: run `make setup` (as root it installs it), "
+                "or `apt-get install redis-server`, or point CONTROLLER_REDIS__URL at a Redis"
+            )
         port = free_port()
         data = self.workdir / "redis"
         data.mkdir(exist_ok=True)
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
                 "--appendonly", "yes", "--save", ""]  # fmt: skip
-        wait_for_port(port, self._spawn("redis", args, self._base_env()), "redis-server", 20)
+        redis = self._spawn("redis", args, self._base_env())
+        wait_for_port(port, redis, "redis-server", 20, self.workdir / "redis.log")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def _start_services(self) -> None:
@@ -140,7 +194,8 @@ class LocalStack:
             }
             self._spawn("e2e_llm", [sys.executable, "-m", "services.llm"], env)
         for name, port in self.ports.items():
-            wait_for_port(port, self.processes[name], name, START_TIMEOUT_S)
+            log = self.workdir / f"{name}.log"
+            wait_for_port(port, self.processes[name], name, START_TIMEOUT_S, log)
 
     def _start_controller(self) -> None:
         env = self._base_env() | {
@@ -152,7 +207,7 @@ class LocalStack:
         for name, port in self.ports.items():
             env[f"CONTROLLER_SERVICES__{name.upper()}"] = f"127.0.0.1:{port}"
         self._spawn("controller", [sys.executable, "-m", "services.controller"], env)
-        wait_ready(self.url, self.processes, START_TIMEOUT_S)
+        wait_ready(self.url, self.processes, START_TIMEOUT_S, self.workdir)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for process in reversed(list(self.processes.values())):

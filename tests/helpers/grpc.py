@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,15 +118,6 @@ async def detect_speech(
 
 def kinds(events: Sequence[vad_pb2.SpeechEvent]) -> list[str]:
     return [vad_pb2.SpeechEvent.Kind.Name(event.kind) for event in events]
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait until ``predicate()`` holds (polling: state changed by server tasks or threads)."""
-    for _ in range(int(timeout_s / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 async def tokenize_stream(

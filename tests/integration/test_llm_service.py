@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from services.llm.config import LlmSettings
 from services.llm.server import LLM_SERVICE_NAME, LlmService
 from services.models.tiny.lm import chat_spec, write_tiny_step1
 from tests.helpers.grpc import TEST_SERVER_SETTINGS, RunningService, running_service
+from tests.helpers.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +88,14 @@ async def test_client_cancel_reaches_the_engine(llm: tuple[RunningService, LlmSe
     await call.read()
     call.cancel()
     assert await call.code() == grpc.StatusCode.CANCELLED
-    for _ in range(200):
-        if counter(service, "stepaudio_llm_requests_total", reason="cancelled") >= 1:
-            break
-        await asyncio.sleep(0.01)
-    assert counter(service, "stepaudio_llm_requests_total", reason="cancelled") >= 1
-    assert service.engine.engine.num_running == 0  # type: ignore[union-attr]
+    await eventually(
+        lambda: counter(service, "stepaudio_llm_requests_total", reason="cancelled") >= 1,
+        what="the cancelled request counted",
+    )
+    await eventually(
+        lambda: service.engine.engine.num_running == 0,  # type: ignore[union-attr]
+        what="the request aborted in the engine",
+    )
 
 
 async def test_cancel_rpc_ends_a_running_request(llm: tuple[RunningService, LlmService]) -> None:
@@ -135,7 +137,7 @@ async def test_bad_requests_are_invalid_argument(llm: tuple[RunningService, LlmS
 
 
 async def test_overload_is_resource_exhausted(llm: tuple[RunningService, LlmService]) -> None:
-    running, _ = llm
+    running, service = llm
     stub = llm_pb2_grpc.LlmServiceStub(running.channel)
 
     def endless(index: int) -> llm_pb2.GenerateRequest:
@@ -150,7 +152,10 @@ async def test_overload_is_resource_exhausted(llm: tuple[RunningService, LlmServ
         calls.append(stub.Generate(endless(index)))
         await calls[-1].read()
     calls.append(stub.Generate(endless(2)))  # the one allowed waiter
-    await asyncio.sleep(0.1)
+    await eventually(
+        lambda: service.engine.engine.num_waiting == 1,  # type: ignore[union-attr]
+        what="the third request waiting in the engine",
+    )
     with pytest.raises(grpc.aio.AioRpcError) as error:
         [r async for r in stub.Generate(endless(9))]
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

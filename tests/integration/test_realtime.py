@@ -18,6 +18,7 @@ from services.controller.store import SessionStore, create_redis
 from services.models.tiny import ASSETS
 from tests.helpers.redis import RedisServer
 from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waits import eventually, value_when
 
 pytestmark = pytest.mark.integration
 QUESTION, QUESTION_RATE = decode_audio_file(ASSETS / "demo_question.wav")
@@ -232,7 +233,10 @@ async def test_barge_in_cancels_the_reply_downstream_and_stops_audio(
         assert late == [], "audio of the interrupted reply kept arriving after speech_started"
         for service in ("llm", "tts"):  # the gRPC cancellation reached both services
             name = f"stepaudio_{service}_requests_total"
-            assert stack.metric(service, name, reason="cancelled") >= 1, service
+            await eventually(
+                lambda s=service, n=name: stack.metric(s, n, reason="cancelled") >= 1,
+                what=f"a cancelled request counted by {service}",
+            )
         turns = await stored_turns(redis_server.url, client.result.session_id)
     interrupted = [t for t in turns if t.role == "assistant" and t.interrupted]
     assert len(interrupted) == 1
@@ -252,15 +256,26 @@ async def test_disconnect_mid_reply_frees_tasks_and_keeps_context(
             )
             await client.wait_for("response.audio.delta")
             session_id = client.result.session_id
-        for _ in range(200):  # the controller notices the close and cancels everything
-            if stack.metric("controller", "stepaudio_controller_active_sessions") == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert stack.metric("controller", "stepaudio_controller_active_sessions") == 0
-        turns = await stored_turns(redis_server.url, session_id)
+        # the controller notices the close, stores what was sent and cancels everything; the
+        # cancellations cross a gRPC hop each, so the services see them a little later
+        await eventually(
+            lambda: stack.metric("controller", "stepaudio_controller_active_sessions") == 0,
+            what="the session closed",
+        )
+        turns = await value_when(
+            lambda: stored_turns(redis_server.url, session_id),
+            lambda turns: len(turns) == 2,
+            what="the interrupted reply stored",
+        )
         assert [t.role for t in turns] == ["user", "assistant"] and turns[1].interrupted
-        assert stack.services["llm"].engine.engine.num_running == 0
-        assert stack.services["tts"].engine.models.lm.engine.num_running == 0
+        await eventually(
+            lambda: stack.services["llm"].engine.engine.num_running == 0,
+            what="the LLM request aborted",
+        )
+        await eventually(
+            lambda: stack.services["tts"].engine.models.lm.engine.num_running == 0,
+            what="the TTS LM request aborted",
+        )
 
 
 async def test_redis_outage_keeps_live_sessions_and_refuses_new_ones(

@@ -21,13 +21,13 @@ from services.tokenizer.server import TOKENIZER_SERVICE_NAME, TokenizerService
 from tests.helpers.grpc import (
     TEST_SERVER_SETTINGS,
     RunningService,
-    eventually,
     metric,
     pcm_chunks,
     read_wav,
     running_service,
     tokenize_stream,
 )
+from tests.helpers.waits import eventually
 
 pytestmark = pytest.mark.integration
 

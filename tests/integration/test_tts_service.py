@@ -20,12 +20,12 @@ from services.tts.server import TTS_SERVICE_NAME, TtsService
 from tests.helpers.grpc import (
     TEST_SERVER_SETTINGS,
     RunningService,
-    eventually,
     metric,
     pcm_chunks,
     read_wav,
     running_service,
 )
+from tests.helpers.waits import eventually
 
 pytestmark = pytest.mark.integration
 

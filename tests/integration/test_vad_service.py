@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import numpy as np
@@ -19,13 +19,13 @@ from tests.helpers.grpc import (
     TEST_SERVER_SETTINGS,
     RunningService,
     detect_speech,
-    eventually,
     kinds,
     pcm_chunks,
     running_service,
     speech_with_silence,
     vad_requests,
 )
+from tests.helpers.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -215,8 +215,9 @@ async def test_graceful_stop_lets_an_in_flight_stream_finish() -> None:
         await eventually(lambda: running.handle.service.active_streams == 1)
 
         shutdown = asyncio.ensure_future(running.handle.shutdown())
-        await asyncio.sleep(0.05)
-        assert not await check_health(running.channel, VAD_SERVICE_NAME)  # draining
+        await eventually(  # draining
+            lambda: _not(check_health(running.channel, VAD_SERVICE_NAME)), what="NOT_SERVING"
+        )
         await asyncio.sleep(0.4)  # past the drain delay: server.stop(grace) has begun
         for request in requests[80:]:
             await call.write(request)
@@ -227,3 +228,7 @@ async def test_graceful_stop_lets_an_in_flight_stream_finish() -> None:
 
         error = await expect_rpc_error(running, requests)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def _not(check: Awaitable[bool]) -> bool:
+    return not await check

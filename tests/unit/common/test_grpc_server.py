@@ -25,6 +25,7 @@ from services.common.grpc_client import (
 from services.common.grpc_server import run_service, serve, server_options, start_server
 from services.common.settings import BaseServiceSettings, GrpcClientSettings
 from tests.helpers.grpc import TEST_SERVER_SETTINGS
+from tests.helpers.waits import eventually
 
 SERVICE = "test.v1.Stub"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -94,13 +95,14 @@ async def test_not_serving_while_loading_then_serving() -> None:
 async def test_drain_reports_not_serving_before_stopping() -> None:
     service = StubService()
     service.loaded.set()
-    async with serve(service, stub_settings(drain_delay_s=0.3)) as handle:
+    async with serve(service, stub_settings(drain_delay_s=2.0)) as handle:
         channel = create_channel(GrpcClientSettings(target=handle.address))
         try:
             assert await check_health(channel, SERVICE)
             shutdown = asyncio.ensure_future(handle.shutdown())
-            await asyncio.sleep(0.05)
-            assert await health_status(channel, SERVICE) == NOT_SERVING
+            await eventually(
+                lambda: _is_not_serving(channel), timeout_s=1.5, what="NOT_SERVING while draining"
+            )
             assert not service.stopped  # still draining
             await shutdown
             assert service.stopped
@@ -172,3 +174,7 @@ def test_deadline_counts_down() -> None:
     assert deadline.expired
     with pytest.raises(DeadlineExhausted):
         deadline.timeout()
+
+
+async def _is_not_serving(channel: grpc.aio.Channel) -> bool:
+    return await health_status(channel, SERVICE) == NOT_SERVING
