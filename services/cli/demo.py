@@ -13,7 +13,7 @@ from services.cli.stack import LocalStack, free_port
 from services.models.tiny import ASSETS, write_tiny_pack
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser("demo", help="start the stack and hold one spoken exchange")
     demo.add_argument("--out", type=Path, default=Path("var/demo"))
     demo.set_defaults(func=_demo)

@@ -15,7 +15,7 @@ from services.cli.stack import SERVICES, LocalStack
 RUNNABLE = (*SERVICES, "controller")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("serve", help="run the local stack or one service")
     parser.add_argument("service", nargs="?", choices=RUNNABLE, help="one service only")
     parser.add_argument(

@@ -12,7 +12,7 @@ from services.cli import CliError
 MODEL_DIR_ENV = "STEPAUDIO_MODEL_DIR"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "tokenize",
         help="turn an audio file into interleaved audio token ids (Step-Audio-Tokenizer)",

@@ -18,7 +18,7 @@ from services.cli import CliError
 from services.common.audio import write_wav
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("tts", help="synthesize locally with the TTS-3B stack")
     parser.add_argument("text")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output WAV (22.05 kHz)")

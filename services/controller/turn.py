@@ -15,12 +15,12 @@ import base64
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from stepaudio.serving.v1 import audio_pb2, llm_pb2, tts_pb2
+from stepaudio.serving.v1 import audio_pb2, llm_pb2, llm_pb2_grpc, tts_pb2
 
 from services.common.audio import StreamResampler, float_to_pcm16
 from services.controller.clients import ServiceClients
@@ -44,7 +44,7 @@ class ClauseSplitter:
 
     def push(self, text: str) -> list[str]:
         self._buffer += text
-        clauses = []
+        clauses: list[str] = []
         while True:
             cut = self._find_cut()
             if cut is None:
@@ -269,13 +269,13 @@ class ResponseRunner:
 
     @contextlib.asynccontextmanager
     async def _llm_stream(
-        self, stub: Any
-    ) -> AsyncIterator[AsyncIterator[llm_pb2.GenerateResponse]]:
+        self, stub: llm_pb2_grpc.LlmServiceAsyncStub
+    ) -> AsyncIterator[AsyncGenerator[llm_pb2.GenerateResponse]]:
         """The Generate call's replies; leaving the block cancels the call at once (a reply
         cancelled elsewhere must free its LLM slot now, not when the call is collected)."""
         call = stub.Generate(self._generate_request(), timeout=self.plan.rpc_timeout_s)
 
-        async def replies() -> AsyncIterator[llm_pb2.GenerateResponse]:
+        async def replies() -> AsyncGenerator[llm_pb2.GenerateResponse]:
             async for reply in call:
                 if reply.token_ids:
                     self.sink.mark("llm_first_token")
@@ -441,7 +441,7 @@ def split_pieces(
     pieces: Iterable[llm_pb2.StreamPiece],
 ) -> tuple[str, list[int], llm_pb2.StreamEnd | None]:
     """One reply's text, its whole audio groups' ids, and its end piece (if it has one)."""
-    text, audio_ids = "", []
+    text, audio_ids = "", list[int]()
     end: llm_pb2.StreamEnd | None = None
     for piece in pieces:
         kind = piece.WhichOneof("kind")

@@ -33,7 +33,7 @@ from services.models.text_tokenizer import IncrementalDecoder, TextTokenizer
 log = logging.getLogger(__name__)
 
 LLM_SERVICE_NAME: str = llm_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
-_FINISH = {
+_FINISH: dict[FinishReason, llm_pb2.FinishReason.ValueType] = {
     FinishReason.STOP: llm_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: llm_pb2.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: llm_pb2.FINISH_REASON_CANCELLED,
@@ -263,9 +263,9 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
                         service.time_to_first_token.observe(time.perf_counter() - started)
                         first = False
                     service.generated_tokens.inc(len(output.token_ids))
-                    finish_reason = (
-                        _FINISH.get(output.finish_reason, 0) if output.finish_reason else 0
-                    )
+                    finish_reason = llm_pb2.FINISH_REASON_UNSPECIFIED
+                    if output.finish_reason:
+                        finish_reason = _FINISH.get(output.finish_reason, finish_reason)
                     pieces = splitter.push(output.token_ids)
                     if output.finished:
                         pieces += splitter.end(finish_reason)
