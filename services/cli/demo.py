@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from services.cli.clients import run_chat
+from services.cli.model_dir import MODEL_DIR_ENV, model_root
 from services.cli.stack import LocalStack, free_port
+from services.models import layout
 from services.models.tiny import ASSETS, write_tiny_pack
 
 
@@ -21,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _demo(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
-    configured = os.environ.get("STEPAUDIO_MODEL_DIR")
-    model_dir = Path(configured) if configured else out / "models" / "tiny"
+    configured = os.environ.get(MODEL_DIR_ENV)  # the model root or one of its folders
+    model_dir = (
+        model_root(Path(configured), layout.CHAT_DIR) if configured else out / "models" / "tiny"
+    )
     if not configured:
         print(f"writing the tiny model pack to {model_dir} ...", flush=True)
         write_tiny_pack(model_dir)
