@@ -40,10 +40,14 @@ demo: setup ## tiny pack (unless STEPAUDIO_MODEL_DIR is set), start the stack, o
 test: setup ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) typecheck
 	$(PY) -m pytest -q
 
 test-fast: setup ## unit tests only
 	$(PY) -m pytest -q -m "not integration and not browser"
+
+typecheck: setup ## mypy (strict for services/common and services/controller)
+	$(VENV)/bin/mypy services
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

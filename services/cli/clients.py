@@ -16,7 +16,7 @@ from services.common.audio import AudioError, decode_audio_file, write_wav
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     say = subparsers.add_parser("say", help="synthesize text through the REST endpoint")
     say.add_argument("text")
     say.add_argument("-o", "--out", type=Path, required=True, help="output file (.wav/.mp3/...)")

@@ -42,7 +42,7 @@ def env_tables() -> str:
     return "\n\n".join([*sections, CLI_VARIABLES])
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("config", help="configuration reference")
     commands = parser.add_subparsers(dest="config_command", required=True)
     env = commands.add_parser("env", help="print every environment variable as markdown")

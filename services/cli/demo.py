@@ -10,12 +10,14 @@ from pathlib import Path
 
 from services.cli import CliError
 from services.cli.clients import run_chat
+from services.cli.model_dir import MODEL_DIR_ENV, model_root
 from services.cli.realtime_client import RealtimeError
 from services.cli.stack import LocalStack, free_port
+from services.models import layout
 from services.models.tiny import ASSETS, write_tiny_pack
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser("demo", help="start the stack and hold one spoken exchange")
     demo.add_argument("--out", type=Path, default=Path("var/demo"))
     demo.set_defaults(func=_demo)
@@ -23,8 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _demo(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
-    configured = os.environ.get("STEPAUDIO_MODEL_DIR")
-    model_dir = Path(configured) if configured else out / "models" / "tiny"
+    configured = os.environ.get(MODEL_DIR_ENV)  # the model root or one of its folders
+    model_dir = (
+        model_root(Path(configured), layout.CHAT_DIR) if configured else out / "models" / "tiny"
+    )
     if not configured:
         print(f"writing the tiny model pack to {model_dir} ...", flush=True)
         write_tiny_pack(model_dir)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("models", help="model pack utilities")
     commands = parser.add_subparsers(dest="models_command", required=True)
     tiny = commands.add_parser("tiny", help="write the tiny seeded model pack (real layouts)")

@@ -67,9 +67,9 @@ class RealtimeClient:
             if isinstance(message, bytes):  # binary transport: raw PCM16 reply audio
                 self.result.audio.append(pcm16_to_float(message))
                 continue
-            event = json.loads(message)
+            event: dict[str, Any] = json.loads(message)
             self._record(event)
-            return event  # type: ignore[no-any-return]
+            return event
 
     def _record(self, event: dict[str, Any]) -> None:
         self.result.events.append(event)

@@ -9,20 +9,17 @@ import signal
 import threading
 from pathlib import Path
 
+from services.cli.model_dir import add_model_dir_argument, model_root
 from services.cli.stack import SERVICES, LocalStack
+from services.models import layout
 
 RUNNABLE = (*SERVICES, "controller")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("serve", help="run the local stack or one service")
     parser.add_argument("service", nargs="?", choices=RUNNABLE, help="one service only")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path(os.environ.get("STEPAUDIO_MODEL_DIR", "models/tiny")),
-        help="model root with the Step-Audio folders (default $STEPAUDIO_MODEL_DIR or models/tiny)",
-    )
+    add_model_dir_argument(parser, layout.CHAT_DIR, needs_root=True, default=Path("models/tiny"))
     parser.add_argument("--port", type=int, default=8000, help="controller HTTP port")
     parser.add_argument("--host", default="127.0.0.1", help="controller bind address")
     parser.add_argument("--workdir", type=Path, default=Path("var/stack"), help="logs, redis data")
@@ -33,8 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.service:  # one service, configured by its own environment variables
         runpy.run_module(f"services.{args.service}", run_name="__main__")
         return 0
+    root = model_root(args.model_dir, layout.CHAT_DIR)
     stack = LocalStack(
-        model_dir=args.model_dir.resolve(),
+        model_dir=root.resolve(),
         workdir=args.workdir.resolve(),
         host=args.host,
         controller_port=args.port,

@@ -8,26 +8,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from services.cli import CliError
+from services.cli.model_dir import add_model_dir_argument, model_root
 from services.common.audio import write_wav
+from services.models import layout
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("tts", help="synthesize locally with the TTS-3B stack")
     parser.add_argument("text")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output WAV (22.05 kHz)")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path(os.environ.get("STEPAUDIO_MODEL_DIR", "models/tiny")),
-        help="model root with Step-Audio-TTS-3B/, Step-Audio-Tokenizer/, speakers/",
-    )
+    add_model_dir_argument(parser, layout.TTS_DIR, needs_root=True, default=Path("models/tiny"))
     parser.add_argument("--voice", default="Tingting")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--speed", type=float, default=1.0)
@@ -60,10 +56,8 @@ async def synthesize_locally(args: argparse.Namespace) -> tuple[np.ndarray, int,
 
 
 def _tts(args: argparse.Namespace) -> int:
-    if not (args.model_dir / "Step-Audio-TTS-3B").is_dir():
-        raise CliError(
-            f"{args.model_dir} has no Step-Audio-TTS-3B/ (write one: stepaudio models tiny)"
-        )
+    # the root: the TTS LM's siblings (Step-Audio-Tokenizer/, speakers/) are needed too
+    args.model_dir = model_root(args.model_dir, layout.TTS_DIR)
     started = time.perf_counter()
     try:
         audio, rate, ids = asyncio.run(synthesize_locally(args))

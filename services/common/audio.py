@@ -77,7 +77,8 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
         return samples.astype(np.float32, copy=False)
     if samples.size == 0:
         return np.zeros(0, dtype=np.float32)
-    return soxr.resample(samples, from_hz, to_hz, quality="VHQ").astype(np.float32, copy=False)
+    resampled: np.ndarray = soxr.resample(samples, from_hz, to_hz, quality="VHQ")
+    return resampled.astype(np.float32, copy=False)
 
 
 class StreamResampler:
@@ -92,7 +93,10 @@ class StreamResampler:
     def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
         if self._stream is None:
             return samples.astype(np.float32, copy=False)
-        return self._stream.resample_chunk(samples.astype(np.float32, copy=False), last=last)
+        resampled: np.ndarray = self._stream.resample_chunk(
+            samples.astype(np.float32, copy=False), last=last
+        )
+        return resampled
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
@@ -102,7 +106,7 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
 
 
 def float_to_pcm16(samples: np.ndarray) -> bytes:
-    clipped = np.clip(samples, -1.0, 1.0)
+    clipped: np.ndarray = np.clip(samples, -1.0, 1.0)
     return (clipped * 32767.0).round().astype("<i2").tobytes()
 
 

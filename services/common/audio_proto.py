@@ -7,6 +7,8 @@ channels); a bad chunk raises ``AudioError`` with a stable code, so engines neve
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from stepaudio.serving.v1 import audio_pb2
 
@@ -16,7 +18,7 @@ MAX_CHANNELS = 8
 
 PCM_S16LE = audio_pb2.AUDIO_ENCODING_PCM_S16LE
 PCM_F32LE = audio_pb2.AUDIO_ENCODING_PCM_F32LE
-_SAMPLE_DTYPES = {
+_SAMPLE_DTYPES: dict[audio_pb2.AudioEncoding.ValueType, np.dtype[Any]] = {
     PCM_S16LE: np.dtype("<i2"),
     PCM_F32LE: np.dtype("<f4"),
 }
@@ -54,7 +56,9 @@ def decode_chunk(chunk: audio_pb2.AudioChunk, max_chunk_ms: int) -> tuple[np.nda
     return as_float_mono(pcm, allow_empty=True), rate
 
 
-def output_encoding(encoding: int) -> int:
+def output_encoding(
+    encoding: audio_pb2.AudioEncoding.ValueType,
+) -> audio_pb2.AudioEncoding.ValueType:
     """The encoding to send for a requested one: UNSPECIFIED means PCM_S16LE."""
     if encoding == audio_pb2.AUDIO_ENCODING_UNSPECIFIED:
         return PCM_S16LE
@@ -63,7 +67,9 @@ def output_encoding(encoding: int) -> int:
     return encoding
 
 
-def encode_chunk(samples: np.ndarray, sample_rate_hz: int, encoding: int) -> audio_pb2.AudioChunk:
+def encode_chunk(
+    samples: np.ndarray, sample_rate_hz: int, encoding: audio_pb2.AudioEncoding.ValueType
+) -> audio_pb2.AudioChunk:
     """Float32 mono in [-1, 1] → an AudioChunk (PCM16 clipped and rounded, or float32 LE)."""
     encoding = output_encoding(encoding)
     fmt = audio_pb2.AudioFormat(sample_rate_hz=sample_rate_hz, encoding=encoding, channels=1)

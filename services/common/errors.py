@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -161,7 +161,9 @@ def status_details(code: ErrorCode | str, message: str) -> str:
     return f"{code}: {message}"
 
 
-async def abort(context: grpc.aio.ServicerContext, code: ErrorCode | str, message: str) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: ErrorCode | str, message: str
+) -> NoReturn:
     """Abort the RPC with the status for ``code``; the code goes in details and metadata."""
     error_code = as_error_code(str(code))
     await context.abort(
@@ -172,7 +174,9 @@ async def abort(context: grpc.aio.ServicerContext, code: ErrorCode | str, messag
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
-async def abort_for_exception(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+async def abort_for_exception(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
+) -> NoReturn:
     """Abort for an engine exception: coded ones keep their message, others are hidden."""
     code = error_code_of(exc)
     if code is ErrorCode.INTERNAL_ERROR:

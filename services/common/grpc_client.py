@@ -73,7 +73,9 @@ async def check_health(
     """True when ``service`` ("" = whole server) answers SERVING within ``timeout_s``."""
     stub = health_pb2_grpc.HealthStub(channel)
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        request = health_pb2.HealthCheckRequest(service=service)
+        # types-grpcio-health-checking declares HealthStub without its methods
+        reply = await stub.Check(request, timeout=timeout_s)  # type: ignore[attr-defined]
     except grpc.aio.AioRpcError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
@@ -121,7 +123,10 @@ class Deadline:
 
     @classmethod
     def from_context(
-        cls, context: grpc.aio.ServicerContext, default_s: float, cap_s: float | None = None
+        cls,
+        context: grpc.aio.ServicerContext[Any, Any],
+        default_s: float,
+        cap_s: float | None = None,
     ) -> Deadline:
         """The deadline of the call being served (onward calls must not outlive it)."""
         remaining = context.time_remaining()

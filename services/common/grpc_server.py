@@ -40,8 +40,11 @@ class GrpcService(Protocol):
     """What ``serve``/``run_service`` need from a service."""
 
     name: str  # short name: "vad", "llm" (logs, metrics)
-    service_names: Sequence[str]  # full proto names, for health and reflection
     registry: CollectorRegistry  # its metrics, served when metrics_port != 0
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """Full proto names, for health and reflection (read-only: a tuple will do)."""
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer(s) to the (not yet started) server."""
@@ -228,7 +231,7 @@ class StreamAdmission:
         self.active = 0
 
     async def run(
-        self, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[None]]
+        self, context: grpc.aio.ServicerContext[Any, Any], body: Callable[[], Awaitable[None]]
     ) -> None:
         if self.active >= self.max_streams:
             await self._fail(context, ErrorCode.OVERLOADED, f"too many {self.what} streams; retry")
@@ -250,6 +253,8 @@ class StreamAdmission:
             self.active -= 1
             self.metrics.active_streams.dec()
 
-    async def _fail(self, context: grpc.aio.ServicerContext, code: ErrorCode, message: str) -> None:
+    async def _fail(
+        self, context: grpc.aio.ServicerContext[Any, Any], code: ErrorCode, message: str
+    ) -> None:
         self.metrics.record_error(code)
         await abort(context, code, message)

@@ -21,11 +21,11 @@ from services.controller.config import ControllerSettings
 @dataclass
 class ServiceClients:
     channels: dict[str, grpc.aio.Channel]
-    vad: vad_pb2_grpc.VadServiceStub
-    tokenizer: tokenizer_pb2_grpc.TokenizerServiceStub
-    llm: llm_pb2_grpc.LlmServiceStub
-    tts: tts_pb2_grpc.TtsServiceStub
-    e2e_llm: llm_pb2_grpc.LlmServiceStub | None
+    vad: vad_pb2_grpc.VadServiceAsyncStub
+    tokenizer: tokenizer_pb2_grpc.TokenizerServiceAsyncStub
+    llm: llm_pb2_grpc.LlmServiceAsyncStub
+    tts: tts_pb2_grpc.TtsServiceAsyncStub
+    e2e_llm: llm_pb2_grpc.LlmServiceAsyncStub | None
 
     @classmethod
     def connect(cls, settings: ControllerSettings) -> ServiceClients:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
 APPEND_TURN = """
 local meta, order, turns = KEYS[1], KEYS[2], KEYS[3]
@@ -120,7 +121,7 @@ class SessionStore:
     async def create(self, settings: dict[str, Any], session_id: str | None = None) -> str:
         session_id = session_id or uuid.uuid4().hex
         meta = _keys(session_id)[0]
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "created_at": str(time.time()),
             "version": "0",
             "settings": json.dumps(settings, ensure_ascii=False),

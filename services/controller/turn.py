@@ -2,7 +2,7 @@
 
 Two pipelines share the output side:
   cascade     Chat LLM text → first complete clause → TTS Synthesize (per clause, in order)
-  end_to_end  AQAA-style LLM ids → text ids as text deltas, whole 5-id audio groups → TTS Vocode
+  end_to_end  AQAA-style LLM → its text pieces as text deltas, its audio groups → TTS Vocode
 A response can be *held* (speculative): its events are buffered, TTS stops after the first
 clause, and nothing reaches the client until ``release()``; ``discard`` is a plain cancel.
 Cancelling the task cancels the in-flight gRPC calls, so the services see the cancellation.
@@ -15,18 +15,17 @@ import base64
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from stepaudio.serving.v1 import audio_pb2, llm_pb2, tts_pb2
+from stepaudio.serving.v1 import audio_pb2, llm_pb2, llm_pb2_grpc, tts_pb2
 
 from services.common.audio import StreamResampler, float_to_pcm16
 from services.controller.clients import ServiceClients
 from services.controller.input_audio import QueueRequests
 from services.controller.protocol import error_event
-from services.models.audio_tokens import AUDIO_ID_OFFSET, GROUP_SIZE, in_audio_block, is_audio_id
 
 # A clause ends at CJK punctuation or ?!; at once; Latin , : . only once the next character is
 # a space (the stream may still continue "3." into "3.5").
@@ -45,7 +44,7 @@ class ClauseSplitter:
 
     def push(self, text: str) -> list[str]:
         self._buffer += text
-        clauses = []
+        clauses: list[str] = []
         while True:
             cut = self._find_cut()
             if cut is None:
@@ -270,13 +269,13 @@ class ResponseRunner:
 
     @contextlib.asynccontextmanager
     async def _llm_stream(
-        self, stub: Any
-    ) -> AsyncIterator[AsyncIterator[llm_pb2.GenerateResponse]]:
+        self, stub: llm_pb2_grpc.LlmServiceAsyncStub
+    ) -> AsyncIterator[AsyncGenerator[llm_pb2.GenerateResponse]]:
         """The Generate call's replies; leaving the block cancels the call at once (a reply
         cancelled elsewhere must free its LLM slot now, not when the call is collected)."""
         call = stub.Generate(self._generate_request(), timeout=self.plan.rpc_timeout_s)
 
-        async def replies() -> AsyncIterator[llm_pb2.GenerateResponse]:
+        async def replies() -> AsyncGenerator[llm_pb2.GenerateResponse]:
             async for reply in call:
                 if reply.token_ids:
                     self.sink.mark("llm_first_token")
@@ -376,7 +375,10 @@ class ResponseRunner:
     # -- end to end ------------------------------------------------------------------------
 
     async def _run_end_to_end(self) -> None:
-        """Text ids → text deltas; whole 5-id audio groups → the TTS service's Vocode."""
+        """The LLM's pieces: text → text deltas; whole audio groups → the TTS service's Vocode.
+
+        The LLM service sorts the ids; this side knows no id ranges.
+        """
         if self.clients.e2e_llm is None:
             raise E2eUnavailable(
                 "this deployment has no end-to-end LLM (CONTROLLER_SERVICES__E2E_LLM)"
@@ -385,42 +387,31 @@ class ResponseRunner:
         groups: asyncio.Queue[list[int] | None] = asyncio.Queue(maxsize=256)
         vocoder = asyncio.create_task(self._vocode(groups))
         try:
-            pending: list[int] = []
-            reserved = 0
+            malformed: llm_pb2.MalformedAudio | None = None
             async with self._llm_stream(self.clients.e2e_llm) as replies:
                 async for reply in replies:
-                    if reply.text:
-                        self.progress.text_generated += reply.text
-                        await self.sink.text_delta(reply.text)
-                    # text vs audio is read from each id, never from an assumed interleave ratio
-                    pending += [i for i in reply.token_ids if is_audio_id(i)]
-                    reserved += sum(
-                        1 for i in reply.token_ids if in_audio_block(i) and not is_audio_id(i)
-                    )
-                    whole = len(pending) - len(pending) % GROUP_SIZE
-                    if whole:
-                        self.progress.audio_token_ids += whole
-                        await groups.put(pending[:whole])
-                        pending = pending[whole:]
+                    text, audio_ids, end = split_pieces(reply.pieces)
+                    if text:
+                        self.progress.text_generated += text
+                        await self.sink.text_delta(text)
+                    if audio_ids:  # one reply's groups go to the vocoder together
+                        self.progress.audio_token_ids += len(audio_ids)
+                        await groups.put(audio_ids)
+                    if end is not None and end.HasField("malformed_audio"):
+                        malformed = end.malformed_audio
             await groups.put(None)
             await vocoder
-            await self._report_malformed(reserved, len(pending))
+            if malformed is not None:
+                await self._report_malformed(malformed)
         finally:
             if not vocoder.done():
                 vocoder.cancel()
                 await asyncio.gather(vocoder, return_exceptions=True)
 
-    async def _report_malformed(self, reserved: int, leftover: int) -> None:
+    async def _report_malformed(self, malformed: llm_pb2.MalformedAudio) -> None:
         """Malformed audio from the LLM is named to the client; the reply and session go on."""
-        problems = []
-        if reserved:
-            problems.append(f"{reserved} id(s) outside the 5120 audio codes were skipped")
-        if leftover:
-            problems.append(f"an incomplete audio group ({leftover} of 5 ids) was dropped")
-        if problems:
-            self.progress.invalid_audio_ids += reserved + leftover
-            message = "the end-to-end model's audio tokens were malformed: " + "; ".join(problems)
-            await self.sink.event(error_event("invalid_audio_tokens", message))
+        self.progress.invalid_audio_ids += malformed.invalid_ids
+        await self.sink.event(error_event(malformed.code, malformed.message))
 
     async def _vocode(self, groups: asyncio.Queue[list[int] | None]) -> None:
         config = tts_pb2.VocodeRequest.VocodeConfig(
@@ -446,12 +437,28 @@ class ResponseRunner:
         await self.sink.audio(self._flush_output(), None)
 
 
+def split_pieces(
+    pieces: Iterable[llm_pb2.StreamPiece],
+) -> tuple[str, list[int], llm_pb2.StreamEnd | None]:
+    """One reply's text, its whole audio groups' ids, and its end piece (if it has one)."""
+    text, audio_ids = "", list[int]()
+    end: llm_pb2.StreamEnd | None = None
+    for piece in pieces:
+        kind = piece.WhichOneof("kind")
+        if kind == "text":
+            text += piece.text
+        elif kind == "audio_group":
+            audio_ids += piece.audio_group.token_ids
+        elif kind == "end":
+            end = piece.end
+    return text, audio_ids, end
+
+
 class E2eUnavailable(RuntimeError):
     code = "llm_unavailable"
 
 
 __all__ = [
-    "AUDIO_ID_OFFSET",
     "ClauseSplitter",
     "E2eUnavailable",
     "ResponsePlan",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -25,6 +25,7 @@ from services.lm_engine.engine import (
     LlmEngine,
     TorchLlmEngine,
 )
+from services.models.audio_tokens import AUDIO_CODES, GROUP_SIZE, in_audio_block, is_audio_id
 from services.models.prompts import AudioContent, ChatMessage, build_chat_prompt
 from services.models.step1 import SamplingParams
 from services.models.text_tokenizer import IncrementalDecoder, TextTokenizer
@@ -32,7 +33,7 @@ from services.models.text_tokenizer import IncrementalDecoder, TextTokenizer
 log = logging.getLogger(__name__)
 
 LLM_SERVICE_NAME: str = llm_pb2.DESCRIPTOR.services_by_name["LlmService"].full_name
-_FINISH = {
+_FINISH: dict[FinishReason, llm_pb2.FinishReason.ValueType] = {
     FinishReason.STOP: llm_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: llm_pb2.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: llm_pb2.FINISH_REASON_CANCELLED,
@@ -86,6 +87,76 @@ def fit_chat_prompt(
         dropped += 1
         ids = build_chat_prompt(tokenizer, messages)
     return ids, dropped
+
+
+class PieceSplitter:
+    """Sorts one stream's ids into pieces: text deltas and whole audio groups, in order.
+
+    Text vs audio is read from each id, never from an assumed interleave ratio. Audio-block ids
+    outside the audio codes are skipped and an incomplete last group is dropped; the end piece
+    names both (``invalid_audio_tokens``) so the consumer needs no id ranges.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self._decoder = IncrementalDecoder(tokenizer)
+        self._group: list[int] = []
+        self._skipped = 0
+
+    def push(self, ids: Iterable[int]) -> list[llm_pb2.StreamPiece]:
+        pieces: list[llm_pb2.StreamPiece] = []
+        text_ids: list[int] = []
+        for token_id in ids:
+            if not in_audio_block(token_id):
+                text_ids.append(token_id)
+                continue
+            self._add_text(pieces, text_ids)
+            text_ids = []
+            if not is_audio_id(token_id):
+                self._skipped += 1
+                continue
+            self._group.append(token_id)
+            if len(self._group) == GROUP_SIZE:
+                pieces.append(
+                    llm_pb2.StreamPiece(audio_group=llm_pb2.AudioTokens(token_ids=self._group))
+                )
+                self._group = []
+        self._add_text(pieces, text_ids)
+        return pieces
+
+    def end(self, finish_reason: llm_pb2.FinishReason.ValueType) -> list[llm_pb2.StreamPiece]:
+        """The held-back text, then the end piece."""
+        pieces: list[llm_pb2.StreamPiece] = []
+        if text := self._decoder.flush():
+            pieces.append(llm_pb2.StreamPiece(text=text))
+        end = llm_pb2.StreamEnd(finish_reason=finish_reason, malformed_audio=self._malformed())
+        pieces.append(llm_pb2.StreamPiece(end=end))
+        return pieces
+
+    def _add_text(self, pieces: list[llm_pb2.StreamPiece], text_ids: list[int]) -> None:
+        if text_ids and (text := self._decoder.push(text_ids)):
+            pieces.append(llm_pb2.StreamPiece(text=text))
+
+    def _malformed(self) -> llm_pb2.MalformedAudio | None:
+        problems = []
+        if self._skipped:
+            problems.append(
+                f"{self._skipped} id(s) outside the {AUDIO_CODES} audio codes were skipped"
+            )
+        if leftover := len(self._group):
+            problems.append(
+                f"an incomplete audio group ({leftover} of {GROUP_SIZE} ids) was dropped"
+            )
+        if not problems:
+            return None
+        return llm_pb2.MalformedAudio(
+            code=ErrorCode.INVALID_AUDIO_TOKENS,
+            message="the end-to-end model's audio tokens were malformed: " + "; ".join(problems),
+            invalid_ids=self._skipped + leftover,
+        )
+
+
+def response_text(pieces: Iterable[llm_pb2.StreamPiece]) -> str:
+    return "".join(piece.text for piece in pieces if piece.WhichOneof("kind") == "text")
 
 
 class LlmService:
@@ -179,7 +250,7 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
             service.metrics.record_error(ErrorCode.INVALID_ARGUMENT)
             await abort(context, ErrorCode.INVALID_ARGUMENT, str(exc))
         started = time.perf_counter()
-        decoder = IncrementalDecoder(tokenizer)
+        splitter = PieceSplitter(tokenizer)
         first = True
         try:
             # aclosing: however the call ends (cancel, client gone), the engine request is
@@ -192,20 +263,22 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
                         service.time_to_first_token.observe(time.perf_counter() - started)
                         first = False
                     service.generated_tokens.inc(len(output.token_ids))
-                    text = decoder.push(output.token_ids)
+                    finish_reason = llm_pb2.FINISH_REASON_UNSPECIFIED
+                    if output.finish_reason:
+                        finish_reason = _FINISH.get(output.finish_reason, finish_reason)
+                    pieces = splitter.push(output.token_ids)
                     if output.finished:
-                        text += decoder.flush()
+                        pieces += splitter.end(finish_reason)
                         service.finished.labels(reason=str(output.finish_reason)).inc()
                     yield llm_pb2.GenerateResponse(
                         token_ids=output.token_ids,
-                        text=text,
+                        text=response_text(pieces),
                         finished=output.finished,
-                        finish_reason=_FINISH.get(output.finish_reason, 0)
-                        if output.finish_reason
-                        else 0,
+                        finish_reason=finish_reason,
                         prompt_tokens=output.prompt_tokens,
                         completion_tokens=output.completion_tokens,
                         dropped_messages=dropped,
+                        pieces=pieces,
                     )
         except (asyncio.CancelledError, GeneratorExit):
             # the client cancelled, its deadline passed, or grpc closed this response stream

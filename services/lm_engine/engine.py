@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -253,7 +253,7 @@ class LlmEngine(Protocol):
 
     async def close(self) -> None: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]: ...
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]: ...
 
     async def abort(self, request_id: str) -> bool: ...
 
@@ -302,7 +302,7 @@ class AsyncLlmEngine:
                 GenerationOutput("", [], finished=True, finish_reason=FinishReason.CANCELLED)
             )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
         if self._stopping.is_set() or self._loop is None:
             raise EngineClosed("the engine is not running")
         if request.request_id in self._streams:

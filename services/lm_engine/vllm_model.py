@@ -215,9 +215,11 @@ class Step1Model(nn.Module):
     ) -> torch.Tensor | IntermediateTensors:
         del positions  # ALiBi: the attention kernel takes positions from its own metadata
         if get_pp_group().is_first_rank:
-            hidden_states = (
-                inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
-            )
+            if inputs_embeds is None:
+                assert input_ids is not None  # vLLM passes ids or embeddings
+                hidden_states = self.embed_input_ids(input_ids)
+            else:
+                hidden_states = inputs_embeds
             residual = None
         else:
             assert intermediate_tensors is not None

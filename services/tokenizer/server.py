@@ -210,7 +210,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     def __init__(self, service: TokenizerService) -> None:
         self._service = service
 
-    async def TokenizeStream(
+    async def TokenizeStream(  # type: ignore[override]  # context.write handler: returns None
         self,
         request_iterator: AsyncIterator[tokenizer_pb2.TokenizeStreamRequest],
         context: grpc.aio.ServicerContext,

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
@@ -360,7 +360,7 @@ class TtsEngine:
         voice = self.voice("")
         params = replace(self.sampling(0), max_tokens=GROUP_SIZE, ignore_eos=True)
         request = GenerationRequest(f"tts-warmup-{uuid.uuid4().hex}", voice.prompt_ids, params)
-        async with aclosing(self.models.lm.generate(request)) as outputs:  # type: ignore[type-var]
+        async with aclosing(self.models.lm.generate(request)) as outputs:
             async for _ in outputs:
                 pass
         options = SynthesisOptions(seed=0).checked(self.sample_rate_hz)
@@ -400,7 +400,7 @@ class TtsEngine:
 
     async def synthesize(
         self, text: str, voice_name: str, options: SynthesisOptions, *, request_id: str = ""
-    ) -> AsyncIterator[AudioPiece]:
+    ) -> AsyncGenerator[AudioPiece, None]:
         """Audio pieces as the LM's ids are decoded; the last one has ``final`` set.
 
         Closing the iterator (or cancelling its consumer) aborts the LM request; token2wav
@@ -442,10 +442,10 @@ class TtsEngine:
         vocoder = self.models.music_vocoder if tts_plan.music else self.models.vocoder
         return SynthesisPlan(prompt_ids, voice, prompt_voice, tts_plan.music, vocoder)
 
-    async def _lm_audio(self, request: GenerationRequest) -> AsyncIterator[_IdBatch]:
+    async def _lm_audio(self, request: GenerationRequest) -> AsyncGenerator[_IdBatch, None]:
         """The LM's audio ids; other ids are dropped (and counted)."""
         outputs = self.models.lm.generate(request)
-        async with aclosing(outputs):  # type: ignore[type-var]  # an async generator
+        async with aclosing(outputs):
             try:
                 async for output in outputs:
                     if output.error:
@@ -460,7 +460,7 @@ class TtsEngine:
 
     async def vocode(
         self, batches: AsyncIterator[Sequence[int]], voice_name: str, options: SynthesisOptions
-    ) -> AsyncIterator[AudioPiece]:
+    ) -> AsyncGenerator[AudioPiece, None]:
         """Decode streamed audio ids (whole groups as they complete; the remainder at the end).
 
         Ids outside the audio range raise InvalidTokensError before any of that message is
@@ -478,7 +478,7 @@ class TtsEngine:
 
     async def _checked_batches(
         self, batches: AsyncIterator[Sequence[int]]
-    ) -> AsyncIterator[_IdBatch]:
+    ) -> AsyncGenerator[_IdBatch, None]:
         total, limit = 0, self.settings.max_audio_tokens
         async for ids in batches:
             checked = check_audio_ids(ids)
@@ -489,7 +489,7 @@ class TtsEngine:
 
     async def _decode(
         self, session: _VocoderSession, batches: AsyncIterator[_IdBatch]
-    ) -> AsyncIterator[AudioPiece]:
+    ) -> AsyncGenerator[AudioPiece, None]:
         rate = session.output_hz
         groups = GroupBuffer()
         fed: list[int] = []  # ids fed since the last piece

@@ -11,12 +11,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 import grpc
 from prometheus_client import CollectorRegistry
-from stepaudio.serving.v1 import tts_pb2, tts_pb2_grpc
+from stepaudio.serving.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 
 from services.common.audio_proto import decode_chunk, encode_chunk, output_encoding
 from services.common.errors import (
@@ -134,14 +134,18 @@ class AudioStreamCall:
         self.first_chunk_sent = False
         self.reason = "stop"
 
-    async def send(self, pieces: AsyncIterator[AudioPiece], encoding: int) -> None:
+    async def send(
+        self, pieces: AsyncGenerator[AudioPiece, None], encoding: audio_pb2.AudioEncoding.ValueType
+    ) -> None:
         async with aclosing(pieces):  # closing it aborts the LM request / stops token2wav
             async for piece in pieces:
                 await self.context.write(self.response(piece, encoding))
                 if piece.final and piece.finish_reason:
                     self.reason = piece.finish_reason
 
-    def response(self, piece: AudioPiece, encoding: int) -> tts_pb2.SynthesizeResponse:
+    def response(
+        self, piece: AudioPiece, encoding: audio_pb2.AudioEncoding.ValueType
+    ) -> tts_pb2.SynthesizeResponse:
         service = self.service
         if piece.dropped_ids:
             service.dropped_tokens.inc(piece.dropped_ids)
@@ -169,7 +173,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
     def __init__(self, service: TtsService) -> None:
         self._service = service
 
-    async def Synthesize(
+    async def Synthesize(  # type: ignore[override]  # context.write handler: returns None
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> None:
         async def run(call: AudioStreamCall) -> None:
@@ -182,7 +186,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
 
         await self._stream(context, run)
 
-    async def Vocode(
+    async def Vocode(  # type: ignore[override]  # context.write handler: returns None
         self,
         request_iterator: AsyncIterator[tts_pb2.VocodeRequest],
         context: grpc.aio.ServicerContext,
@@ -289,7 +293,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
 
 async def _token_batches(
     first: tts_pb2.VocodeRequest | None, requests: AsyncIterator[tts_pb2.VocodeRequest]
-) -> AsyncIterator[list[int]]:
+) -> AsyncGenerator[list[int], None]:
     """The ids of each ``tokens`` message (``first`` is one already read, if any)."""
     if first is not None:
         yield _tokens_of(first)

@@ -172,7 +172,7 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
     def __init__(self, service: VadService) -> None:
         self._service = service
 
-    async def DetectSpeech(
+    async def DetectSpeech(  # type: ignore[override]  # context.write handler: returns None
         self,
         request_iterator: AsyncIterator[vad_pb2.DetectSpeechRequest],
         context: grpc.aio.ServicerContext,

@@ -96,7 +96,8 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
 
 
 async def _pcm_chunks(
-    call: grpc.aio.UnaryStreamCall, first: tts_pb2.SynthesizeResponse | object
+    call: grpc.aio.UnaryStreamCall[tts_pb2.SynthesizeRequest, tts_pb2.SynthesizeResponse],
+    first: tts_pb2.SynthesizeResponse | object,
 ) -> AsyncIterator[np.ndarray]:
     reply = first
     while reply is not grpc.aio.EOF:

@@ -33,7 +33,7 @@ def load_encoder_state(path: Path) -> dict[str, torch.Tensor]:
     encoder = {
         name[len(ENCODER_PREFIX) :]: tensor
         for name, tensor in _strip_ddp(state).items()
-        if name.startswith(ENCODER_PREFIX)
+        if name.startswith(ENCODER_PREFIX) and isinstance(tensor, torch.Tensor)
     }
     if not encoder:
         raise CheckpointError(path, "no 'encoder.*' tensors in the checkpoint")

@@ -40,14 +40,11 @@ class TokenizerCodes:
 
 def resolve_tokenizer_dir(path: Path | str) -> Path:
     """Accept a model root (holding Step-Audio-Tokenizer/) or the tokenizer folder itself."""
-    path = Path(path)
-    if (path / layout.LINGUISTIC_CODEBOOK_FILE).exists() or (path / layout.PARAFORMER_DIR).is_dir():
-        return path
-    if (path / layout.TOKENIZER_DIR).is_dir():
-        return path / layout.TOKENIZER_DIR
-    raise CheckpointError(
-        path, f"neither a model root with {layout.TOKENIZER_DIR}/ nor a tokenizer folder"
-    )
+    try:
+        return layout.resolve_component(path, layout.TOKENIZER_DIR)
+    except layout.ModelDirError as exc:
+        problem = f"neither a model root with {layout.TOKENIZER_DIR}/ nor a tokenizer folder"
+        raise CheckpointError(Path(path), problem) from exc
 
 
 class AudioTokenizer:

@@ -188,6 +188,8 @@ class Step1Model(nn.Module):
 
 
 class Step1ForCausalLM(nn.Module):
+    slopes: torch.Tensor  # a registered buffer
+
     def __init__(self, config: Step1Config) -> None:
         super().__init__()
         self.config = config

@@ -107,8 +107,8 @@ def _write_shards(folder: Path, state: dict[str, torch.Tensor], shards: int) -> 
         save_file(chunk, str(folder / file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(chunk, file))
     total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
 
 
 CONFIGURATION_STEP1 = '''"""Step1 configuration (remote code named by config.json's auto_map)."""

@@ -218,8 +218,8 @@ class ConformerEncoderLayer(nn.Module):
         if self.feed_forward_macaron is not None:
             x = self._residual(x, self.norm_ff_macaron, self.feed_forward_macaron, self.ff_scale)
         x = self._residual(x, self.norm_mha, lambda h: self.self_attn(h, att_mask, pos_emb))
-        if self.conv_module is not None:
-            x = self._residual(x, self.norm_conv, lambda h: self.conv_module(h, att_mask))
+        if (conv_module := self.conv_module) is not None:
+            x = self._residual(x, self.norm_conv, lambda h: conv_module(h, att_mask))
         x = self._residual(x, self.norm_ff, self.feed_forward, self.ff_scale)
         if self.conv_module is not None:
             x = self.norm_final(x)

@@ -14,6 +14,7 @@ summation order). Without padding (the default) the modules run exactly as upstr
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,7 @@ class Block1D(nn.Module):
         if not padded:
             return self.block(x * mask) * mask
         conv, norm, act = self.block
-        return act(masked_group_norm(norm, conv(x * mask), mask)) * mask
+        return act(masked_group_norm(cast(nn.GroupNorm, norm), conv(x * mask), mask)) * mask
 
 
 class ResnetBlock1D(nn.Module):
@@ -279,22 +280,27 @@ class ConditionalDecoder(nn.Module):
         mask = mask.to(dtype)
 
         skips, masks = [], [mask]
-        for resnet, blocks, down in self.down_blocks:
+        # each level is a ModuleList: (resnet, transformer blocks[, down/up-sample])
+        for level in self.down_blocks:
+            resnet, blocks, down = cast(nn.ModuleList, level)
             level_mask = masks[-1]
             h = resnet(h, level_mask, t_emb, padded)
-            h = _run_transformers(blocks, h, level_mask, padded)
+            h = _run_transformers(cast(nn.ModuleList, blocks), h, level_mask, padded)
             skips.append(h)
             h = down(h * level_mask)
             next_mask = level_mask[:, :, ::2]
             masks.append(next_mask.contiguous() if padded else next_mask)
         masks.pop()
-        for resnet, blocks in self.mid_blocks:
-            h = _run_transformers(blocks, resnet(h, masks[-1], t_emb, padded), masks[-1], padded)
-        for resnet, blocks, up in self.up_blocks:
+        for level in self.mid_blocks:
+            resnet, blocks = cast(nn.ModuleList, level)
+            h = resnet(h, masks[-1], t_emb, padded)
+            h = _run_transformers(cast(nn.ModuleList, blocks), h, masks[-1], padded)
+        for level in self.up_blocks:
+            resnet, blocks, up = cast(nn.ModuleList, level)
             level_mask, skip = masks.pop(), skips.pop()
             h = torch.cat([h[:, :, : skip.shape[-1]], skip], dim=1)
             h = resnet(h, level_mask, t_emb, padded)
-            h = _run_transformers(blocks, h, level_mask, padded)
+            h = _run_transformers(cast(nn.ModuleList, blocks), h, level_mask, padded)
             h = up(h * level_mask)
         h = self.final_block(h, level_mask, padded)
         return self.final_proj(h * level_mask) * mask

@@ -21,7 +21,7 @@ CAMPPLUS_FILE = "campplus.onnx"
 CAMPPLUS_SAMPLE_RATE_HZ = 16000
 
 
-def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel_slaney(hz: np.ndarray | float) -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0

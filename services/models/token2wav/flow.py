@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class InterpolateRegulator(nn.Module):
         x = x * mask
         for i in range(0, len(layers) - 1, 3):
             conv, norm, act = layers[i : i + 3]
-            x = act(masked_group_norm(norm, conv(x), mask)) * mask
+            x = act(masked_group_norm(cast(nn.GroupNorm, norm), conv(x), mask)) * mask
         return layers[-1](x) * mask
 
 

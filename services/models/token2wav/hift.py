@@ -170,6 +170,8 @@ def istft_overlap_add(
 
 
 class HiFTGenerator(nn.Module):
+    stft_window: torch.Tensor  # a registered buffer
+
     def __init__(self, config: HiftConfig) -> None:
         super().__init__()
         self.config = config

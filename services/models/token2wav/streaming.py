@@ -337,7 +337,7 @@ def _flow_groups(model: Token2Wav, jobs: Sequence[ChunkJob]) -> list[list[int]]:
     count (small groups join a longer one when padding is cheaper than another call, see
     `AccelOptions.merge_frames`), shortest first, at most its largest batch bucket a call."""
     solver = model.solver
-    groups: dict[tuple[int, float, int], list[int]] = {}
+    groups: dict[tuple[int, int, float], list[int]] = {}
     for i, job in enumerate(jobs):
         frames = job.stream.prompt_frames + job.stream._new_frames(job)
         padded = solver.padded_frames(frames) if solver is not None else 0
@@ -545,6 +545,7 @@ def _push_group(
     graphed = None
     if graphs is not None:
         graphed = graphs.run(window, source_tails, phases, noise, carry, left, middle)
+    last_cycles: torch.Tensor | None
     if graphed is not None:
         wav, new_source, last_cycles = graphed
     else:

@@ -69,7 +69,8 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123
 
 def _node_arguments(loader: _Loader, node: yaml.Node) -> tuple[list[Any], dict[str, Any]]:
     if isinstance(node, yaml.MappingNode):
-        return [], loader.construct_mapping(node, deep=True)
+        mapping = loader.construct_mapping(node, deep=True)
+        return [], {str(key): value for key, value in mapping.items()}
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True), {}
     value = loader.construct_scalar(node)  # type: ignore[arg-type]
@@ -88,6 +89,10 @@ def _construct_ref(loader: _Loader, node: yaml.Node, *, as_copy: bool = False) -
     return _Ref(str(loader.construct_scalar(node)), copy=as_copy)  # type: ignore[arg-type]
 
 
+def _construct_copy(loader: _Loader, node: yaml.Node) -> _Ref:
+    return _construct_ref(loader, node, as_copy=True)
+
+
 def _construct_tuple(loader: _Loader, node: yaml.Node) -> tuple[Any, ...]:
     return tuple(loader.construct_sequence(node, deep=True))  # type: ignore[arg-type]
 
@@ -102,7 +107,7 @@ def _refuse(tag: str) -> Callable[..., None]:
 for _kind in _CALL_KINDS:
     _Loader.add_multi_constructor(f"!{_kind}:", _make_call_constructor(_kind))
 _Loader.add_constructor("!ref", _construct_ref)
-_Loader.add_constructor("!copy", lambda loader, node: _construct_ref(loader, node, as_copy=True))
+_Loader.add_constructor("!copy", _construct_copy)
 _Loader.add_constructor("!tuple", _construct_tuple)
 _Loader.add_multi_constructor("!include:", _refuse("!include"))
 _Loader.add_constructor("!PLACEHOLDER", _refuse("!PLACEHOLDER"))
@@ -185,7 +190,7 @@ def _index(value: Any, part: str, path: str) -> Any:
         raise YamlConfigError(f"!ref <{path}>: no entry {part!r}") from exc
 
 
-_OPERATORS = {
+_OPERATORS: dict[type[ast.operator | ast.unaryop], Callable[..., int | float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,

@@ -43,17 +43,16 @@ def free_port() -> int:
 
 
 def test_serve_names_a_missing_model_folder(tmp_path: Path) -> None:
-    code, err = stepaudio(
-        "serve", "--model-dir", str(tmp_path / "nowhere"), "--port", str(free_port())
-    )
-    assert_one_line_error(code, err, "no model folder", "stepaudio models tiny")
+    nowhere = tmp_path / "nowhere"
+    code, err = stepaudio("serve", "--model-dir", str(nowhere), "--port", str(free_port()))
+    assert_one_line_error(code, err, f"{nowhere} has no Step-Audio-Chat/", "models tiny")
 
 
 def test_serve_names_a_model_root_that_is_a_file(tmp_path: Path) -> None:
     root = tmp_path / "file"
     root.write_text("not a folder")
     code, err = stepaudio("serve", "--model-dir", str(root), "--port", str(free_port()))
-    assert_one_line_error(code, err, f"no model folder {root}")
+    assert_one_line_error(code, err, f"{root} has no Step-Audio-Chat/")
 
 
 def test_serve_names_a_port_in_use(tiny_pack: Path, tmp_path: Path) -> None:
@@ -85,7 +84,7 @@ def test_demo_names_a_configured_model_root_that_is_missing(tmp_path: Path) -> N
     code, err = stepaudio(
         "demo", "--out", str(tmp_path / "demo"), env={"STEPAUDIO_MODEL_DIR": str(missing)}
     )
-    assert_one_line_error(code, err, f"no model folder {missing}")
+    assert_one_line_error(code, err, f"{missing} has no Step-Audio-Chat/", "models tiny")
 
 
 def test_setup_as_a_user_names_the_command_to_run(
