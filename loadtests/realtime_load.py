@@ -1,0 +1,651 @@
+"""Realtime load: N concurrent voice sessions over /v1/realtime, speaking at real-time pace.
+
+    python -m loadtests.realtime_load [--url URL | --model-dir ROOT] [--sessions 1,8,32]
+        [--turns 4] [--pause-rate 0.3] [--barge-in-rate 0.2] [--seed 7] [--out DIR]
+
+Without ``--url`` it starts the local stack (``services.cli.stack.LocalStack``) on ROOT, or on
+the tiny pack written to a temporary folder, with the controller's session limit raised to the
+largest sweep point and a fixed reply seed.
+
+Each session is a microphone that never stops: 20 ms PCM16 frames at real-time pace, speech
+clips (espeak-ng, ``tests/helpers/clips.py``) when the user talks, silence otherwise; the
+server's VAD ends every turn. Per turn, drawn from a seeded random generator: the clip, a
+350 ms mid-sentence pause (rate ``--pause-rate``), a barge-in (rate ``--barge-in-rate``: the
+next clip starts 0.2–0.8 s after the reply's first audio, over the reply), and 0.3–1 s of
+silence before a turn that is not a barge-in. A reply is listened to until ``response.done``,
+or cut with ``response.cancel`` after ``--listen-s`` of it.
+
+Per turn it records end of speech → first audio as the client sees it, and the stage timings
+of ``response.done``; per sweep point it reports p50/p95/p99, errors by code and sessions
+admitted/refused. It writes ``realtime_load.json`` and ``realtime_load.png`` (latency vs
+sessions) to ``--out``. The protocol itself lives in ``loadtests.load_client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtests import load_client as wire
+from services.common.audio import float_to_pcm16
+from tests.helpers.clips import RATE_HZ, phrase, with_pauses
+
+# each clip in two parts: said as one phrase, or with a mid-sentence pause between the parts
+CLIPS = (
+    ("What is the weather like", "in Paris today?"),
+    ("Tell me a short story", "about a cat on the moon."),
+    ("How far away", "is the moon from here?"),
+    ("Can you recommend", "a good book to read?"),
+    ("Please remind me", "to call my sister tomorrow."),
+    ("What time is it", "in Tokyo right now?"),
+)
+STAGES = (
+    "speculation_started",
+    "llm_first_token",
+    "first_clause",
+    "tts_first_chunk",
+    "first_audio",
+)
+PERCENTILES = (50, 95, 99)
+THINK_S = (0.3, 1.0)  # silence before a new turn (not a barge-in)
+BARGE_IN_AFTER_S = (0.2, 0.8)  # from the reply's first audio to the barge-in
+TARGET_MS = 400.0  # the p95 target of issue 18, drawn on the plot
+REPORT = "realtime_load.json"
+PLOT = "realtime_load.png"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    turns: int = 4
+    pause_rate: float = 0.3
+    barge_in_rate: float = 0.2
+    pause_s: float = 0.35  # longer than speculate_after_ms (250), shorter than the VAD's 600
+    listen_s: float = 4.0
+    ramp_s: float = 2.0  # sessions start at random times within this window
+    turn_timeout_s: float = 60.0  # end of speech → response.done
+    duration_s: float | None = None  # per sweep point: no new turn starts after this
+    reply_tokens: int | None = None
+    speculative: bool | None = None
+    transport: str = "binary"
+    frame_ms: int = 20
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class Clip:
+    text: str
+    paused: bool
+    pcm16: bytes
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    clip: Clip
+    barge_in: bool
+    think_s: float
+    barge_in_after_s: float
+
+
+@dataclass
+class TurnRecord:
+    session: int
+    turn: int
+    clip: str
+    paused: bool
+    barge_in_planned: bool
+    status: str = ""  # response.done status; "" when no response.done came
+    speculative: bool = False
+    barged_in: bool = False  # the reply was cancelled by the user speaking over it
+    cut: bool = False  # listened to for --listen-s, then response.cancel
+    client_first_audio_ms: float | None = None  # speech_stopped received → first audio
+    speech_end_to_audio_ms: float | None = None  # last speech frame sent → first audio
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def answered(self) -> bool:
+        return self.status in ("completed", "cancelled")
+
+
+@dataclass
+class SessionResult:
+    index: int
+    refused: str = ""  # why the server did not admit it ("" = admitted)
+    errors: list[str] = field(default_factory=list)  # outside any turn
+    turns: list[TurnRecord] = field(default_factory=list)
+    mic_max_lag_ms: float = 0.0
+
+
+# -- the clips --------------------------------------------------------------------------------
+
+
+def make_clips(pause_s: float) -> dict[bool, list[Clip]]:
+    """Every clip spoken plainly and with a mid-sentence pause (espeak-ng, 16 kHz)."""
+    clips: dict[bool, list[Clip]] = {False: [], True: []}
+    for parts in CLIPS:
+        text = " ".join(parts)
+        clips[False].append(Clip(text, False, float_to_pcm16(phrase(text))))
+        paused = with_pauses(parts, pause_s)
+        clips[True].append(Clip(" / ".join(parts), True, float_to_pcm16(paused)))
+    return clips
+
+
+def plan_turns(
+    rng: random.Random, clips: dict[bool, list[Clip]], options: LoadOptions
+) -> list[TurnPlan]:
+    plans = []
+    for _ in range(options.turns):
+        paused = rng.random() < options.pause_rate
+        plans.append(
+            TurnPlan(
+                clip=rng.choice(clips[paused]),
+                barge_in=rng.random() < options.barge_in_rate,
+                think_s=rng.uniform(*THINK_S),
+                barge_in_after_s=rng.uniform(*BARGE_IN_AFTER_S),
+            )
+        )
+    return plans
+
+
+# -- one session --------------------------------------------------------------------------------
+
+
+class Microphone:
+    """Sends frames at real-time pace until cancelled: queued speech, else silence.
+
+    A frame goes out when it has been "spoken" (frame k at start + (k+1) frames), as from a
+    live microphone. ``say`` returns a future set to the monotonic time of the clip's last frame.
+    """
+
+    def __init__(self, socket: wire.LoadSocket, frame_ms: int) -> None:
+        self.socket = socket
+        self.frame_bytes = RATE_HZ * frame_ms // 1000 * 2
+        self.frame_s = frame_ms / 1000
+        self.pending: deque[tuple[bytes, asyncio.Future[float]]] = deque()
+        self.max_lag_s = 0.0  # how far behind real time the sender fell (client overload)
+
+    def say(self, pcm16: bytes) -> asyncio.Future[float]:
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.pending.append((pcm16, done))
+        return done
+
+    async def run(self) -> None:
+        silence = bytes(self.frame_bytes)
+        speech, offset, done = b"", 0, None
+        started, index = time.monotonic(), 0
+        try:
+            while True:
+                index += 1
+                delay = started + index * self.frame_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    self.max_lag_s = max(self.max_lag_s, -delay)
+                if done is None and self.pending:
+                    (speech, done), offset = self.pending.popleft(), 0
+                if done is None:
+                    await self.socket.send_audio(silence)
+                    continue
+                await self.socket.send_audio(speech[offset : offset + self.frame_bytes])
+                offset += self.frame_bytes
+                if offset >= len(speech):
+                    done.set_result(time.monotonic())
+                    done = None
+        except wire.ConnectionClosed as exc:
+            for _, waiting in [(speech, done), *self.pending]:
+                if waiting is not None and not waiting.done():
+                    waiting.set_exception(exc)
+
+
+class TurnTimers:
+    """The moments a turn acts on its own: the barge-in, cutting the reply, giving up."""
+
+    def __init__(self, speech_end: float, plan: TurnPlan, options: LoadOptions) -> None:
+        self.plan, self.options = plan, options
+        self.give_up_at = speech_end + options.turn_timeout_s
+        self.barge_in_at: float | None = None
+        self.cut_at: float | None = None
+
+    def on_first_audio(self, at: float, can_barge_in: bool) -> None:
+        if self.plan.barge_in and can_barge_in:
+            self.barge_in_at = at + self.plan.barge_in_after_s
+        else:
+            self.cut_at = at + self.options.listen_s
+
+    def next_due(self) -> tuple[str, float]:
+        due = [("give_up", self.give_up_at)]
+        due += [("barge_in", self.barge_in_at)] if self.barge_in_at is not None else []
+        due += [("cut", self.cut_at)] if self.cut_at is not None else []
+        return min(due, key=lambda d: d[1])
+
+
+async def run_turn(
+    socket: wire.LoadSocket,
+    mic: Microphone,
+    record: TurnRecord,
+    plan: TurnPlan,
+    speech: asyncio.Future[float],
+    next_clip: Clip | None,
+    options: LoadOptions,
+) -> asyncio.Future[float] | None:
+    """Read the turn's events until its response.done; returns the next turn's speech if it
+    has already started (a barge-in). Leaves ``record.status`` empty when no reply came."""
+    try:
+        speech_end = await speech
+    except wire.ConnectionClosed:
+        record.errors.append("closed")
+        return None
+    timers = TurnTimers(speech_end, plan, options)
+    stopped_at = first_audio_at = None
+    next_speech: asyncio.Future[float] | None = None
+    while True:
+        action, at = timers.next_due()
+        try:
+            item = await asyncio.wait_for(socket.received.get(), max(0.0, at - time.monotonic()))
+        except TimeoutError:
+            if action == "give_up":
+                record.errors.append("timeout")
+                return None
+            if action == "barge_in":
+                timers.barge_in_at = None
+                next_speech = mic.say(next_clip.pcm16)  # type: ignore[union-attr]
+            else:
+                timers.cut_at = None
+                record.cut = True
+                await socket.cancel_reply()
+            continue
+        if item.kind == wire.SPEECH_STOPPED and stopped_at is None:
+            stopped_at = item.at
+        elif item.kind == wire.AUDIO and first_audio_at is None:
+            first_audio_at = item.at
+            timers.on_first_audio(item.at, can_barge_in=next_clip is not None)
+            if stopped_at is not None:
+                record.client_first_audio_ms = round((item.at - stopped_at) * 1000, 1)
+            record.speech_end_to_audio_ms = round((item.at - speech_end) * 1000, 1)
+        elif item.kind == wire.ERROR:
+            record.errors.append(str(item.data.get("code")))
+        elif item.kind == wire.CLOSED:
+            record.errors.append(f"closed_{item.data.get('code')}")
+            return None
+        elif item.kind == wire.DONE:
+            finish(record, item.data, barge_in_started=next_speech is not None)
+            return next_speech
+
+
+def finish(record: TurnRecord, done: dict[str, Any], *, barge_in_started: bool) -> None:
+    record.status = str(done.get("status"))
+    record.speculative = bool(done.get("speculative"))
+    record.timings_ms = {k: float(v) for k, v in (done.get("timings_ms") or {}).items()}
+    record.audio_seconds = float(done.get("audio_seconds") or 0.0)
+    record.barged_in = barge_in_started and record.status == "cancelled"
+    record.cut = record.cut and not record.barged_in and record.status == "cancelled"
+    if record.status not in ("completed", "cancelled") and not record.errors:
+        record.errors.append(f"response_{record.status}")
+
+
+async def run_session(
+    url: str,
+    index: int,
+    sessions: int,
+    clips: dict[bool, list[Clip]],
+    options: LoadOptions,
+    deadline: float | None,
+) -> SessionResult:
+    rng = random.Random(f"{options.seed}:{sessions}:{index}")  # same plan for the same point
+    plans = plan_turns(rng, clips, options)
+    result = SessionResult(index)
+    await asyncio.sleep(rng.uniform(0, options.ramp_s))
+    try:
+        socket = await wire.LoadSocket.connect(url)
+    except wire.Refused as exc:
+        result.refused = exc.reason
+        return result
+    except (OSError, TimeoutError, wire.InvalidHandshake) as exc:
+        result.refused = f"connect_{type(exc).__name__}"
+        return result
+    mic = Microphone(socket, options.frame_ms)
+    sender = asyncio.create_task(mic.run())
+    try:
+        await socket.configure(
+            transport=options.transport,
+            input_rate_hz=RATE_HZ,
+            speculative=options.speculative,
+            reply_tokens=options.reply_tokens,
+        )
+        await talk(socket, mic, plans, result, options, deadline)
+    except (RuntimeError, TimeoutError, wire.ConnectionClosed) as exc:
+        result.errors.append(f"session_{type(exc).__name__}")
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        result.mic_max_lag_ms = round(mic.max_lag_s * 1000, 1)
+        await socket.close()
+    return result
+
+
+async def talk(
+    socket: wire.LoadSocket,
+    mic: Microphone,
+    plans: list[TurnPlan],
+    result: SessionResult,
+    options: LoadOptions,
+    deadline: float | None,
+) -> None:
+    speech: asyncio.Future[float] | None = None  # already under way (a barge-in)
+    for number, plan in enumerate(plans):
+        if speech is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(plan.think_s)  # the microphone sends silence meanwhile
+            speech = mic.say(plan.clip.pcm16)
+        record = TurnRecord(result.index, number, plan.clip.text, plan.clip.paused, plan.barge_in)
+        result.turns.append(record)
+        upcoming = plans[number + 1].clip if number + 1 < len(plans) else None
+        if deadline is not None and time.monotonic() >= deadline:
+            upcoming = None  # past the deadline: no barge-in starts another turn
+        speech = await run_turn(socket, mic, record, plan, speech, upcoming, options)
+        if not record.status:
+            return  # no reply (timeout, closed socket): the session's state is unknown
+
+
+# -- one sweep point ----------------------------------------------------------------------------
+
+
+def stats(values: Sequence[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, **{f"p{p}": None for p in PERCENTILES}, "mean": None, "max": None}
+    points = np.percentile(np.asarray(values, dtype=np.float64), PERCENTILES)
+    return {
+        "n": len(values),
+        **{f"p{p}": round(float(v), 1) for p, v in zip(PERCENTILES, points, strict=True)},
+        "mean": round(float(np.mean(values)), 1),
+        "max": round(float(np.max(values)), 1),
+    }
+
+
+def summarize_point(sessions: int, results: list[SessionResult], wall_s: float) -> dict:
+    turns = [t for r in results for t in r.turns]
+    errors = Counter(e for t in turns for e in t.errors)
+    errors.update(e for r in results for e in r.errors)
+    refusals = Counter(r.refused for r in results if r.refused)
+    latency = {
+        "client_first_audio": stats(
+            [t.client_first_audio_ms for t in turns if t.client_first_audio_ms is not None]
+        ),
+        "speech_end_to_audio": stats(
+            [t.speech_end_to_audio_ms for t in turns if t.speech_end_to_audio_ms is not None]
+        ),
+    }
+    stages = {
+        s: stats([t.timings_ms[s] for t in turns if t.answered and s in t.timings_ms])
+        for s in STAGES
+    }
+    lags = [r.mic_max_lag_ms for r in results if not r.refused]
+    return {
+        "sessions": sessions,
+        "admitted": sum(not r.refused for r in results),
+        "refused": sum(bool(r.refused) for r in results),
+        "refusals": dict(refusals),
+        "turns": {
+            "run": len(turns),
+            "answered": sum(t.answered for t in turns),
+            "failed": sum(not t.answered for t in turns),
+            "completed": sum(t.status == "completed" for t in turns),
+            "cancelled": sum(t.status == "cancelled" for t in turns),
+            "barged_in": sum(t.barged_in for t in turns),
+            "cut": sum(t.cut for t in turns),
+            "paused": sum(t.paused for t in turns),
+            "speculative": sum(t.speculative for t in turns),
+            "without_audio": sum(t.answered and t.speech_end_to_audio_ms is None for t in turns),
+        },
+        "errors": dict(sorted(errors.items())),
+        "latency_ms": latency,
+        "stages_ms": stages,
+        "client_max_lag_ms": max(lags) if lags else 0.0,
+        "wall_s": round(wall_s, 1),
+    }
+
+
+async def run_point(
+    url: str, sessions: int, clips: dict[bool, list[Clip]], options: LoadOptions
+) -> tuple[dict[str, Any], list[TurnRecord]]:
+    started = time.monotonic()
+    deadline = started + options.duration_s if options.duration_s else None
+    results = await asyncio.gather(
+        *(run_session(url, i, sessions, clips, options, deadline) for i in range(sessions))
+    )
+    summary = summarize_point(sessions, list(results), time.monotonic() - started)
+    return summary, [t for r in results for t in r.turns]
+
+
+async def sweep(
+    url: str, points: Sequence[int], options: LoadOptions
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    clips = make_clips(options.pause_s)
+    summaries, turns = [], []
+    for sessions in points:
+        summary, records = await run_point(url, sessions, clips, options)
+        summaries.append(summary)
+        turns += [{"sessions": sessions, **asdict(t), "answered": t.answered} for t in records]
+        print(table_row(summary), flush=True)
+    return summaries, turns
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def checks(points: list[dict[str, Any]]) -> dict[str, bool]:
+    """The report's own consistency: what the smoke test asserts, recorded with the numbers."""
+
+    def ordered(s: dict[str, Any]) -> bool:
+        values = [s[f"p{p}"] for p in PERCENTILES]
+        return s["n"] == 0 or all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+    return {
+        "sessions_accounted": all(p["admitted"] + p["refused"] == p["sessions"] for p in points),
+        "turns_accounted": all(
+            p["turns"]["answered"] + p["turns"]["failed"] == p["turns"]["run"] for p in points
+        ),
+        "failed_turns_have_errors": all(
+            p["turns"]["failed"] <= sum(p["errors"].values()) for p in points
+        ),
+        "percentiles_ordered": all(
+            ordered(s)
+            for p in points
+            for s in (*p["latency_ms"].values(), *p["stages_ms"].values())
+        ),
+    }
+
+
+def git_commit() -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    return ""
+
+
+def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    x = [p["sessions"] for p in points]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    for q, style in zip(PERCENTILES, ("o-", "s-", "^-"), strict=True):
+        y = [p["latency_ms"]["client_first_audio"][f"p{q}"] for p in points]
+        top.plot(x, [np.nan if v is None else v for v in y], style, label=f"p{q}")
+    top.axhline(TARGET_MS, color="grey", linestyle="--", label=f"{TARGET_MS:.0f} ms target")
+    for p in points:
+        errors = sum(p["errors"].values())
+        if p["refused"] or errors:
+            label = f"{p['refused']} refused, {errors} errors"
+            top.annotate(label, (p["sessions"], TARGET_MS), fontsize=8, rotation=90, va="bottom")
+    top.set_ylabel("speech_stopped → first audio (ms, client)")
+    top.set_title(title)
+    top.legend()
+    for stage in ("llm_first_token", "first_clause", "tts_first_chunk", "first_audio"):
+        y = [p["stages_ms"][stage]["p50"] for p in points]
+        bottom.plot(x, [np.nan if v is None else v for v in y], "o-", label=stage)
+    bottom.set_ylabel("response.done stage, p50 (ms from end of turn)")
+    bottom.set_xlabel("concurrent sessions")
+    bottom.legend()
+    if len(x) > 1 and max(x) / max(1, min(x)) >= 8:
+        bottom.set_xscale("log", base=2)
+    bottom.set_xticks(x, [str(n) for n in x])
+    bottom.minorticks_off()
+    for axis in (top, bottom):
+        axis.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def table_row(p: dict[str, Any]) -> str:
+    lat = p["latency_ms"]["client_first_audio"]
+    cells = [f"{lat[f'p{q}']:.0f}" if lat[f"p{q}"] is not None else "–" for q in PERCENTILES]
+    stages = [p["stages_ms"][s]["p50"] for s in ("llm_first_token", "tts_first_chunk")]
+    errors = ", ".join(f"{k} {v}" for k, v in p["errors"].items()) or "none"
+    return (
+        f"| {p['sessions']} | {p['admitted']} / {p['refused']} | "
+        f"{p['turns']['answered']} / {p['turns']['failed']} | "
+        + " | ".join(cells)
+        + " | "
+        + " | ".join("–" if s is None else f"{s:.0f}" for s in stages)
+        + f" | {errors} | {p['client_max_lag_ms']:.0f} |"
+    )
+
+
+TABLE_HEADER = (
+    "| sessions | admitted / refused | turns answered / failed | first audio p50 | p95 | p99 "
+    "| llm_first_token p50 | tts_first_chunk p50 | errors | client lag max (ms) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def start_stack(args: argparse.Namespace, points: Sequence[int], workdir: Path) -> Any:
+    """The local stack on --model-dir or a fresh tiny pack; the caller stops it."""
+    from services.cli.stack import LocalStack, free_port
+
+    root = args.model_dir
+    if root is None:
+        from services.models.tiny import write_tiny_pack
+
+        root = write_tiny_pack(workdir / "tiny-pack")
+    env = {"CONTROLLER_TURN__SEED": str(args.seed)}
+    if "CONTROLLER_LIMITS__MAX_SESSIONS" not in os.environ:
+        env["CONTROLLER_LIMITS__MAX_SESSIONS"] = str(max(64, *points))
+    env.update(dict(item.split("=", 1) for item in args.stack_env))
+    stack = LocalStack(
+        model_dir=root,
+        workdir=workdir / "stack",
+        controller_port=free_port(),
+        log_level="WARNING",
+        extra_env=env,
+    )
+    return stack.start()
+
+
+def options_from(args: argparse.Namespace) -> LoadOptions:
+    return LoadOptions(
+        turns=args.turns,
+        pause_rate=args.pause_rate,
+        barge_in_rate=args.barge_in_rate,
+        listen_s=args.listen_s,
+        ramp_s=args.ramp_s,
+        turn_timeout_s=args.turn_timeout_s,
+        duration_s=args.duration_s,
+        reply_tokens=args.reply_tokens,
+        speculative={"on": True, "off": False}.get(args.speculative),
+        transport=args.transport,
+        frame_ms=args.frame_ms,
+        seed=args.seed,
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--url", help="a running stack (http://HOST:PORT); default: start the local stack")
+    add("--model-dir", type=Path, help="model root for the local stack (default: tiny pack)")
+    add("--stack-env", action="append", default=[], metavar="VAR=VALUE",
+        help="extra environment for the local stack (repeatable)")  # fmt: skip
+    add("--sessions", default="1,8,32", help="sweep points: concurrent sessions, comma-separated")
+    add("--turns", type=int, default=4, help="turns per session")
+    add("--duration-s", type=float, help="per point: no new turn starts after this")
+    add("--pause-rate", type=float, default=0.3, help="share of turns with a mid-sentence pause")
+    add("--barge-in-rate", type=float, default=0.2, help="share of turns the user interrupts")
+    add("--listen-s", type=float, default=4.0, help="reply audio listened to before cancelling")
+    add("--ramp-s", type=float, default=2.0, help="sessions start within this window")
+    add("--turn-timeout-s", type=float, default=60.0, help="end of speech → response.done")
+    add("--reply-tokens", type=int, help="max_response_output_tokens (default: the server's)")
+    add("--speculative", choices=("on", "off"), help="speculative replies (default: the server's)")
+    add("--transport", choices=("binary", "json"), default="binary", help="reply audio transport")
+    add("--frame-ms", type=int, default=20, help="input audio frame (ms)")
+    add("--seed", type=int, default=7)
+    add("--out", type=Path, default=Path("var/realtime_load"), help="report folder")
+    args = parser.parse_args(argv)
+    if not all(item.partition("=")[1] for item in args.stack_env):
+        parser.error("--stack-env takes VAR=VALUE")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    points = [int(n) for n in args.sessions.split(",") if n.strip()]
+    options = options_from(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(TABLE_HEADER, flush=True)
+    with tempfile.TemporaryDirectory(prefix="realtime-load-") as scratch:
+        stack = None if args.url else start_stack(args, points, Path(scratch))
+        url = args.url or stack.url
+        try:
+            summaries, turns = asyncio.run(sweep(url, points, options))
+        finally:
+            if stack is not None:
+                stack.stop()
+    commit = git_commit()
+    report = {
+        "command": " ".join(["python -m loadtests.realtime_load", *(argv or sys.argv[1:])]),
+        "commit": commit,
+        "target": args.url or f"local stack on {args.model_dir or 'the tiny pack'}",
+        "options": asdict(options),
+        "points": summaries,
+        "checks": checks(summaries),
+        "plot": PLOT,
+        "turns": turns,
+    }
+    (args.out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    plot(summaries, args.out / PLOT, f"realtime load, commit {commit or '?'}")
+    print(f"wrote {args.out / REPORT} and {args.out / PLOT}")
+    return 0 if all(report["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
