@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -35,6 +36,7 @@ import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -423,28 +425,58 @@ def summarize_point(sessions: int, results: list[SessionResult], wall_s: float) 
     }
 
 
+async def run_sessions(
+    url: str, indices: Sequence[int], sessions: int, options: LoadOptions, deadline: float | None
+) -> list[SessionResult]:
+    clips = make_clips(options.pause_s)  # espeak-ng output is cached per process
+    runs = (run_session(url, i, sessions, clips, options, deadline) for i in indices)
+    return list(await asyncio.gather(*runs))
+
+
+def run_sessions_in_worker(
+    url: str, indices: list[int], sessions: int, options: LoadOptions, deadline: float | None
+) -> list[SessionResult]:
+    """A worker process's share of a sweep point, on its own event loop (``--workers``)."""
+    return asyncio.run(run_sessions(url, indices, sessions, options, deadline))
+
+
 async def run_point(
-    url: str, sessions: int, clips: dict[bool, list[Clip]], options: LoadOptions
+    url: str, sessions: int, options: LoadOptions, pool: ProcessPoolExecutor | None, workers: int
 ) -> tuple[dict[str, Any], list[TurnRecord]]:
-    started = time.monotonic()
+    started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the host
     deadline = started + options.duration_s if options.duration_s else None
-    results = await asyncio.gather(
-        *(run_session(url, i, sessions, clips, options, deadline) for i in range(sessions))
-    )
-    summary = summarize_point(sessions, list(results), time.monotonic() - started)
+    if pool is None:
+        results = await run_sessions(url, range(sessions), sessions, options, deadline)
+    else:
+        loop = asyncio.get_running_loop()
+        shares = [list(range(w, sessions, workers)) for w in range(min(workers, sessions))]
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    pool, run_sessions_in_worker, url, share, sessions, options, deadline
+                )
+                for share in shares
+            )
+        )
+        results = sorted((r for part in parts for r in part), key=lambda r: r.index)
+    summary = summarize_point(sessions, results, time.monotonic() - started)
     return summary, [t for r in results for t in r.turns]
 
 
 async def sweep(
-    url: str, points: Sequence[int], options: LoadOptions
+    url: str, points: Sequence[int], options: LoadOptions, workers: int = 1
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    clips = make_clips(options.pause_s)
     summaries, turns = [], []
-    for sessions in points:
-        summary, records = await run_point(url, sessions, clips, options)
-        summaries.append(summary)
-        turns += [{"sessions": sessions, **asdict(t), "answered": t.answered} for t in records]
-        print(table_row(summary), flush=True)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1:  # spawn: workers must not inherit this process's event loop
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+        for sessions in points:
+            summary, records = await run_point(url, sessions, options, pool, workers)
+            summaries.append(summary)
+            turns += [{"sessions": sessions, **asdict(t), "answered": t.answered} for t in records]
+            print(table_row(summary), flush=True)
     return summaries, turns
 
 
@@ -608,6 +640,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--speculative", choices=("on", "off"), help="speculative replies (default: the server's)")
     add("--transport", choices=("binary", "json"), default="binary", help="reply audio transport")
     add("--frame-ms", type=int, default=20, help="input audio frame (ms)")
+    add("--workers", type=int, default=1,
+        help="client processes sharing the sessions (one event loop each)")  # fmt: skip
     add("--seed", type=int, default=7)
     add("--out", type=Path, default=Path("var/realtime_load"), help="report folder")
     args = parser.parse_args(argv)
@@ -626,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = None if args.url else start_stack(args, points, Path(scratch))
         url = args.url or stack.url
         try:
-            summaries, turns = asyncio.run(sweep(url, points, options))
+            summaries, turns = asyncio.run(sweep(url, points, options, args.workers))
         finally:
             if stack is not None:
                 stack.stop()
@@ -636,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit,
         "target": args.url or f"local stack on {args.model_dir or 'the tiny pack'}",
         "options": asdict(options),
+        "workers": args.workers,
         "points": summaries,
         "checks": checks(summaries),
         "plot": PLOT,
