@@ -2,7 +2,7 @@
 
 ``loadtests.realtime_load`` never sees an event name: it gets ``Received`` items with a
 protocol-neutral ``kind`` (``SPEECH_STOPPED``, ``AUDIO``, ``DONE``, ...). A second dialect of
-the protocol only needs another ``_classify`` and ``configure`` here.
+the protocol only needs another ``classify`` and ``configure`` here.
 
 Each item is timestamped (``time.monotonic()``) by a reader task the moment it arrives, so
 latencies do not depend on when the scenario gets round to reading them.
@@ -19,8 +19,6 @@ from typing import Any
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
-__all__ = ["ConnectionClosed", "InvalidHandshake", "LoadSocket", "Received", "Refused"]
 
 # protocol-neutral kinds of what the server sends
 SESSION = "session"  # the session exists (its id in ``data["id"]``)
@@ -45,7 +43,8 @@ class Received:
 
 
 class Refused(Exception):
-    """The server did not admit the session (over its limit, draining, store down)."""
+    """The server did not admit the session (over its limit, draining, store down), or the
+    connection failed before it did."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -57,7 +56,7 @@ def realtime_url(base: str) -> str:
     return f"{base}/v1/realtime"
 
 
-def _classify(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def classify(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     kind = event.get("type")
     if kind in ("session.created", "session.updated"):
         return SESSION, event.get("session", {})
@@ -81,6 +80,8 @@ class LoadSocket:
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
+        # unbounded on purpose: the reader stamps every message as it arrives and never waits;
+        # the scenario drains it every turn (a few events and ~25 audio messages a second)
         self.received: asyncio.Queue[Received] = asyncio.Queue()
         self.session_id = ""
         self._reader: asyncio.Task[None] | None = None
@@ -94,6 +95,8 @@ class LoadSocket:
             )
         except InvalidStatus as exc:  # closed before accept: the HTTP handshake is refused
             raise Refused(f"http_{exc.response.status_code}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:  # no answer (overloaded, down)
+            raise Refused(f"connect_{type(exc).__name__}") from None
         socket = cls(ws)
         try:
             first = await asyncio.wait_for(ws.recv(), timeout_s)
@@ -113,7 +116,7 @@ class LoadSocket:
                 if isinstance(message, bytes):  # binary transport: raw PCM16 reply audio
                     self.received.put_nowait(Received(now, AUDIO, {"bytes": len(message)}))
                     continue
-                kind, data = _classify(json.loads(message))
+                kind, data = classify(json.loads(message))
                 self.received.put_nowait(Received(now, kind, data))
         except ConnectionClosed:
             pass

@@ -181,10 +181,14 @@ class Microphone:
         self.frame_s = frame_ms / 1000
         self.pending: deque[tuple[bytes, asyncio.Future[float]]] = deque()
         self.max_lag_s = 0.0  # how far behind real time the sender fell (client overload)
+        self.closed: wire.ConnectionClosed | None = None
 
     def say(self, pcm16: bytes) -> asyncio.Future[float]:
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.pending.append((pcm16, done))
+        if self.closed is not None:
+            done.set_exception(self.closed)
+        else:
+            self.pending.append((pcm16, done))
         return done
 
     async def run(self) -> None:
@@ -210,6 +214,7 @@ class Microphone:
                     done.set_result(time.monotonic())
                     done = None
         except wire.ConnectionClosed as exc:
+            self.closed = exc
             for _, waiting in [(speech, done), *self.pending]:
                 if waiting is not None and not waiting.done():
                     waiting.set_exception(exc)
@@ -317,9 +322,6 @@ async def run_session(
         socket = await wire.LoadSocket.connect(url)
     except wire.Refused as exc:
         result.refused = exc.reason
-        return result
-    except (OSError, TimeoutError, wire.InvalidHandshake) as exc:
-        result.refused = f"connect_{type(exc).__name__}"
         return result
     mic = Microphone(socket, options.frame_ms)
     sender = asyncio.create_task(mic.run())

@@ -1,0 +1,84 @@
+"""The load generator's arithmetic: seeded turn plans, percentiles, the report's own checks."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from loadtests import load_client as wire
+from loadtests.realtime_load import (
+    Clip,
+    LoadOptions,
+    SessionResult,
+    TurnRecord,
+    checks,
+    plan_turns,
+    stats,
+    summarize_point,
+)
+
+CLIPS = {paused: [Clip(f"clip {i}", paused, b"\0\0" * 160) for i in range(3)] for paused in (0, 1)}
+
+
+def test_the_plan_is_seeded_and_follows_the_rates() -> None:
+    options = LoadOptions(turns=2000, pause_rate=0.3, barge_in_rate=0.2)
+    plan = plan_turns(random.Random("7:8:0"), CLIPS, options)  # type: ignore[arg-type]
+    assert plan == plan_turns(random.Random("7:8:0"), CLIPS, options)  # type: ignore[arg-type]
+    assert plan != plan_turns(random.Random("7:8:1"), CLIPS, options)  # type: ignore[arg-type]
+    assert 0.26 < np.mean([p.clip.paused for p in plan]) < 0.34
+    assert 0.17 < np.mean([p.barge_in for p in plan]) < 0.23
+    assert all(0.3 <= p.think_s <= 1.0 and 0.2 <= p.barge_in_after_s <= 0.8 for p in plan)
+
+
+def test_stats_are_numpy_percentiles() -> None:
+    values = [float(v) for v in range(1, 101)]
+    result = stats(values)
+    assert result["n"] == 100 and result["max"] == 100.0
+    for q in (50, 95, 99):
+        assert result[f"p{q}"] == round(float(np.percentile(values, q)), 1)
+    assert stats([]) == {"n": 0, "p50": None, "p95": None, "p99": None, "mean": None, "max": None}
+
+
+def turn(status: str, errors: list[str], first_audio_ms: float | None) -> TurnRecord:
+    record = TurnRecord(0, 0, "clip", False, False, status=status, errors=errors)
+    record.client_first_audio_ms = record.speech_end_to_audio_ms = first_audio_ms
+    record.timings_ms = {"first_audio": first_audio_ms} if first_audio_ms is not None else {}
+    return record
+
+
+def test_a_point_accounts_for_every_session_and_turn() -> None:
+    admitted = SessionResult(0, turns=[turn("completed", [], 300.0), turn("", ["timeout"], None)])
+    failed = SessionResult(1, turns=[turn("failed", ["llm_unavailable"], None)])
+    refused = SessionResult(2, refused="http_403")
+    point = summarize_point(3, [admitted, failed, refused], 10.0)
+    assert (point["admitted"], point["refused"], point["refusals"]) == (2, 1, {"http_403": 1})
+    assert point["turns"]["run"] == 3
+    assert (point["turns"]["answered"], point["turns"]["failed"]) == (1, 2)
+    assert point["errors"] == {"llm_unavailable": 1, "timeout": 1}
+    assert point["latency_ms"]["client_first_audio"]["n"] == 1
+    assert point["stages_ms"]["first_audio"]["p50"] == 300.0
+    assert all(checks([point]).values())
+
+
+def test_the_checks_catch_an_inconsistent_report() -> None:
+    point = summarize_point(1, [SessionResult(0, turns=[turn("", [], None)])], 1.0)
+    assert checks([point])["failed_turns_have_errors"] is False
+    point["latency_ms"]["client_first_audio"] = {"n": 3, "p50": 5.0, "p95": 4.0, "p99": 6.0}
+    assert checks([point])["percentiles_ordered"] is False
+    point["admitted"] = 0
+    assert checks([point])["sessions_accounted"] is False
+
+
+def test_server_events_map_to_protocol_neutral_kinds() -> None:
+    done = {"id": "r", "status": "completed", "timings_ms": {"first_audio": 10}}
+    events = {
+        "input_audio_buffer.speech_stopped": ({}, wire.SPEECH_STOPPED),
+        "response.audio.delta": ({"delta": "AAAA", "response_id": "r"}, wire.AUDIO),
+        "response.done": ({"response": done}, wire.DONE),
+        "error": ({"error": {"code": "overloaded"}}, wire.ERROR),
+        "conversation.item.created": ({"item": {}}, wire.OTHER),
+    }
+    for kind, (fields, expected) in events.items():
+        assert wire.classify({"type": kind, **fields})[0] == expected, kind
+    assert wire.classify({"type": "response.done", "response": done})[1] == done
