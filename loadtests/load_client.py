@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 # protocol-neutral kinds of what the server sends
@@ -33,6 +35,7 @@ OTHER = "other"
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 OUTPUT_RATE_HZ = 24_000
+ACTIVE_SESSIONS = "stepaudio_controller_active_sessions"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,22 @@ class Refused(Exception):
 def realtime_url(base: str) -> str:
     base = base.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
     return f"{base}/v1/realtime"
+
+
+async def active_sessions(url: str) -> float | None:
+    """The controller's open sessions from its /metrics; None when it cannot be read."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            reply = await http.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if reply.status_code != 200:
+        return None
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            if sample.name == ACTIVE_SESSIONS:
+                return float(sample.value)
+    return None
 
 
 def classify(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -67,6 +68,7 @@ PERCENTILES = (50, 95, 99)
 THINK_S = (0.3, 1.0)  # silence before a new turn (not a barge-in)
 BARGE_IN_AFTER_S = (0.2, 0.8)  # from the reply's first audio to the barge-in
 TARGET_MS = 400.0  # the p95 target of issue 18, drawn on the plot
+SETTLE_TIMEOUT_S = 30.0  # between sweep points: the server closes the last point's sessions
 REPORT = "realtime_load.json"
 PLOT = "realtime_load.png"
 
@@ -90,9 +92,17 @@ class LoadOptions:
 
 @dataclass(frozen=True)
 class Clip:
-    text: str
-    paused: bool
-    pcm16: bytes
+    parts: tuple[str, str]
+    paused: bool  # spoken with a pause of pause_s between the parts
+    pause_s: float
+
+    @property
+    def text(self) -> str:
+        return " / ".join(self.parts) if self.paused else " ".join(self.parts)
+
+    @property
+    def pcm16(self) -> bytes:
+        return speak(self)
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,12 @@ class TurnRecord:
         return self.status in ("completed", "cancelled")
 
 
+@dataclass(frozen=True)
+class SessionPlan:
+    start_s: float  # after the point starts (the ramp)
+    turns: list[TurnPlan]
+
+
 @dataclass
 class SessionResult:
     index: int
@@ -137,32 +153,29 @@ class SessionResult:
 # -- the clips --------------------------------------------------------------------------------
 
 
-def make_clips(pause_s: float) -> dict[bool, list[Clip]]:
-    """Every clip spoken plainly and with a mid-sentence pause (espeak-ng, 16 kHz)."""
-    clips: dict[bool, list[Clip]] = {False: [], True: []}
-    for parts in CLIPS:
-        text = " ".join(parts)
-        clips[False].append(Clip(text, False, float_to_pcm16(phrase(text))))
-        paused = with_pauses(parts, pause_s)
-        clips[True].append(Clip(" / ".join(parts), True, float_to_pcm16(paused)))
-    return clips
+@functools.cache
+def speak(clip: Clip) -> bytes:
+    """The clip as 16 kHz PCM16 (espeak-ng; blocking: call it before the sessions start)."""
+    if clip.paused:
+        return float_to_pcm16(with_pauses(clip.parts, clip.pause_s))
+    return float_to_pcm16(phrase(clip.text))
 
 
-def plan_turns(
-    rng: random.Random, clips: dict[bool, list[Clip]], options: LoadOptions
-) -> list[TurnPlan]:
-    plans = []
+def plan_session(index: int, sessions: int, options: LoadOptions) -> SessionPlan:
+    """Seeded by (seed, point, session): the same point plays the same conversations."""
+    rng = random.Random(f"{options.seed}:{sessions}:{index}")
+    turns = []
     for _ in range(options.turns):
         paused = rng.random() < options.pause_rate
-        plans.append(
+        turns.append(
             TurnPlan(
-                clip=rng.choice(clips[paused]),
+                clip=Clip(rng.choice(CLIPS), paused, options.pause_s),
                 barge_in=rng.random() < options.barge_in_rate,
                 think_s=rng.uniform(*THINK_S),
                 barge_in_after_s=rng.uniform(*BARGE_IN_AFTER_S),
             )
         )
-    return plans
+    return SessionPlan(rng.uniform(0, options.ramp_s), turns)
 
 
 # -- one session --------------------------------------------------------------------------------
@@ -307,17 +320,10 @@ def finish(record: TurnRecord, done: dict[str, Any], *, barge_in_started: bool) 
 
 
 async def run_session(
-    url: str,
-    index: int,
-    sessions: int,
-    clips: dict[bool, list[Clip]],
-    options: LoadOptions,
-    deadline: float | None,
+    url: str, index: int, plan: SessionPlan, options: LoadOptions, deadline: float | None
 ) -> SessionResult:
-    rng = random.Random(f"{options.seed}:{sessions}:{index}")  # same plan for the same point
-    plans = plan_turns(rng, clips, options)
     result = SessionResult(index)
-    await asyncio.sleep(rng.uniform(0, options.ramp_s))
+    await asyncio.sleep(plan.start_s)
     try:
         socket = await wire.LoadSocket.connect(url)
     except wire.Refused as exc:
@@ -332,7 +338,7 @@ async def run_session(
             speculative=options.speculative,
             reply_tokens=options.reply_tokens,
         )
-        await talk(socket, mic, plans, result, options, deadline)
+        await talk(socket, mic, plan.turns, result, options, deadline)
     except (RuntimeError, TimeoutError, wire.ConnectionClosed) as exc:
         result.errors.append(f"session_{type(exc).__name__}")
     finally:
@@ -430,8 +436,10 @@ def summarize_point(sessions: int, results: list[SessionResult], wall_s: float) 
 async def run_sessions(
     url: str, indices: Sequence[int], sessions: int, options: LoadOptions, deadline: float | None
 ) -> list[SessionResult]:
-    clips = make_clips(options.pause_s)  # espeak-ng output is cached per process
-    runs = (run_session(url, i, sessions, clips, options, deadline) for i in indices)
+    plans = {i: plan_session(i, sessions, options) for i in indices}
+    clips = {turn.clip for plan in plans.values() for turn in plan.turns}
+    await asyncio.to_thread(lambda: [speak(clip) for clip in clips])  # before any session starts
+    runs = (run_session(url, i, plans[i], options, deadline) for i in indices)
     return list(await asyncio.gather(*runs))
 
 
@@ -465,6 +473,18 @@ async def run_point(
     return summary, [t for r in results for t in r.turns]
 
 
+async def settle(url: str, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait until the server has closed the last point's sessions (its slots are free again),
+    as far as its /metrics shows; a server without /metrics is not waited for."""
+    deadline = time.monotonic() + timeout_s
+    active = await wire.active_sessions(url)  # None: unknown
+    while active and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        active = await wire.active_sessions(url)
+    if active:
+        print(f"warning: {active:.0f} sessions still open after {timeout_s:.0f} s", file=sys.stderr)
+
+
 async def sweep(
     url: str, points: Sequence[int], options: LoadOptions, workers: int = 1
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -475,6 +495,7 @@ async def sweep(
             context = multiprocessing.get_context("spawn")
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
         for sessions in points:
+            await settle(url)
             summary, records = await run_point(url, sessions, options, pool, workers)
             summaries.append(summary)
             turns += [{"sessions": sessions, **asdict(t), "answered": t.answered} for t in records]

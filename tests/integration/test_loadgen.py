@@ -28,7 +28,7 @@ RESPONSES = "stepaudio_controller_responses_total"
 
 async def run_loadgen(url: str, out: Path) -> str:
     args = ["--url", url, "--sessions", "1,3", "--turns", str(TURNS), "--seed", "3",
-            "--pause-rate", "0.5", "--barge-in-rate", "0.5", "--listen-s", "1",
+            "--pause-rate", "0.5", "--barge-in-rate", "0.5", "--listen-s", "0.5",
             "--ramp-s", "0.5", "--duration-s", "30", "--reply-tokens", "64",
             "--out", str(out)]  # fmt: skip
     process = await asyncio.create_subprocess_exec(

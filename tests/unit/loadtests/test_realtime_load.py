@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 
 from loadtests import load_client as wire
 from loadtests.realtime_load import (
-    Clip,
+    CLIPS,
     LoadOptions,
     SessionResult,
     TurnRecord,
     checks,
-    plan_turns,
+    plan_session,
     stats,
     summarize_point,
 )
 
-CLIPS = {paused: [Clip(f"clip {i}", paused, b"\0\0" * 160) for i in range(3)] for paused in (0, 1)}
-
 
 def test_the_plan_is_seeded_and_follows_the_rates() -> None:
-    options = LoadOptions(turns=2000, pause_rate=0.3, barge_in_rate=0.2)
-    plan = plan_turns(random.Random("7:8:0"), CLIPS, options)  # type: ignore[arg-type]
-    assert plan == plan_turns(random.Random("7:8:0"), CLIPS, options)  # type: ignore[arg-type]
-    assert plan != plan_turns(random.Random("7:8:1"), CLIPS, options)  # type: ignore[arg-type]
-    assert 0.26 < np.mean([p.clip.paused for p in plan]) < 0.34
-    assert 0.17 < np.mean([p.barge_in for p in plan]) < 0.23
-    assert all(0.3 <= p.think_s <= 1.0 and 0.2 <= p.barge_in_after_s <= 0.8 for p in plan)
+    options = LoadOptions(turns=2000, pause_rate=0.3, barge_in_rate=0.2, ramp_s=2.0)
+    plan = plan_session(0, 8, options)
+    assert plan == plan_session(0, 8, options)
+    assert plan != plan_session(1, 8, options) and plan != plan_session(0, 16, options)
+    assert 0 <= plan.start_s <= 2.0
+    turns = plan.turns
+    assert 0.26 < np.mean([t.clip.paused for t in turns]) < 0.34
+    assert 0.17 < np.mean([t.barge_in for t in turns]) < 0.23
+    assert all(0.3 <= t.think_s <= 1.0 and 0.2 <= t.barge_in_after_s <= 0.8 for t in turns)
+    assert {t.clip.parts for t in turns} == set(CLIPS)
 
 
 def test_stats_are_numpy_percentiles() -> None:
