@@ -288,7 +288,8 @@ async def run_turn(
             else:
                 timers.cut_at = None
                 record.cut = True
-                await socket.cancel_reply()
+                with contextlib.suppress(wire.ConnectionClosed):  # then CLOSED comes next
+                    await socket.cancel_reply()
             continue
         if item.kind == wire.SPEECH_STOPPED and stopped_at is None:
             stopped_at = item.at
