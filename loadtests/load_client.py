@@ -36,6 +36,11 @@ OTHER = "other"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 OUTPUT_RATE_HZ = 24_000
 ACTIVE_SESSIONS = "stepaudio_controller_active_sessions"
+SERVER_COUNTERS = {  # controller counters reported per sweep point: sample → (key, its label)
+    "stepaudio_controller_responses_total": ("responses", "status"),
+    "stepaudio_controller_speculations_total": ("speculations", "outcome"),
+    "stepaudio_controller_errors_total": ("errors", "code"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ def realtime_url(base: str) -> str:
     return f"{base}/v1/realtime"
 
 
-async def active_sessions(url: str) -> float | None:
-    """The controller's open sessions from its /metrics; None when it cannot be read."""
+async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    """The server's /metrics as {(sample name, sorted labels): value}; None if unreadable."""
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             reply = await http.get("/metrics")
@@ -68,11 +73,29 @@ async def active_sessions(url: str) -> float | None:
         return None
     if reply.status_code != 200:
         return None
+    samples = {}
     for family in text_string_to_metric_families(reply.text):
         for sample in family.samples:
-            if sample.name == ACTIVE_SESSIONS:
-                return float(sample.value)
-    return None
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    return samples
+
+
+def server_counts(
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float] | None,
+    after: dict[tuple[str, tuple[tuple[str, str], ...]], float] | None,
+) -> dict[str, dict[str, float]] | None:
+    """What the controller counted between two scrapes: replies by status, speculations by
+    outcome, errors by code."""
+    if before is None or after is None:
+        return None
+    counted: dict[str, dict[str, float]] = {key: {} for key, _ in SERVER_COUNTERS.values()}
+    for (sample, labels), value in after.items():
+        if sample in SERVER_COUNTERS:
+            key, label = SERVER_COUNTERS[sample]
+            change = value - before.get((sample, labels), 0.0)
+            if change:
+                counted[key][dict(labels)[label]] = change
+    return counted
 
 
 def classify(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:

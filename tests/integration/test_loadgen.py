@@ -87,6 +87,8 @@ async def test_smoke_run_writes_a_complete_consistent_report(
         assert counts["answered"] + counts["failed"] == counts["run"]
         assert counts["barged_in"] == sum(t["barged_in"] for t in mine)
         assert point["errors"] == dict(Counter(e for t in mine for e in t["errors"]))
+        statuses = Counter(t["status"] for t in mine if t["status"])
+        assert point["server"]["responses"] == {k: float(v) for k, v in statuses.items()}
         first_audio = [t["client_first_audio_ms"] for t in mine if t["client_first_audio_ms"]]
         assert_stats(point["latency_ms"]["client_first_audio"], first_audio)
         for stage, stats in point["stages_ms"].items():
