@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -36,13 +37,14 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from loadtests import load_client as wire
 from services.common.audio import float_to_pcm16
@@ -88,6 +90,7 @@ class LoadOptions:
     transport: str = "binary"
     frame_ms: int = 20
     seed: int = 7
+    clips_dir: str | None = None  # rendered clips (for a host without espeak-ng)
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,6 @@ class Clip:
     @property
     def text(self) -> str:
         return " / ".join(self.parts) if self.paused else " ".join(self.parts)
-
-    @property
-    def pcm16(self) -> bytes:
-        return speak(self)
 
 
 @dataclass(frozen=True)
@@ -154,11 +153,30 @@ class SessionResult:
 
 
 @functools.cache
-def speak(clip: Clip) -> bytes:
-    """The clip as 16 kHz PCM16 (espeak-ng; blocking: call it before the sessions start)."""
-    if clip.paused:
-        return float_to_pcm16(with_pauses(clip.parts, clip.pause_s))
-    return float_to_pcm16(phrase(clip.text))
+def speak(clip: Clip, clips_dir: Path | None = None) -> bytes:
+    """The clip as 16 kHz PCM16: from ``clips_dir`` when it is there, else made with espeak-ng
+    (and saved there). Blocking: called before the sessions start."""
+    key = hashlib.sha1(repr((clip.parts, clip.paused, clip.pause_s)).encode()).hexdigest()[:16]
+    saved = clips_dir / f"{key}.wav" if clips_dir is not None else None
+    if saved is not None and saved.is_file():
+        pcm, rate = sf.read(str(saved), dtype="int16")
+        if rate != RATE_HZ or pcm.ndim != 1:
+            raise ValueError(f"{saved}: expected mono {RATE_HZ} Hz, got {rate} Hz {pcm.shape}")
+        return pcm.tobytes()
+    samples = with_pauses(clip.parts, clip.pause_s) if clip.paused else phrase(clip.text)
+    pcm16 = float_to_pcm16(samples)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(saved), np.frombuffer(pcm16, dtype="<i2"), RATE_HZ, subtype="PCM_16")
+    return pcm16
+
+
+def render_all(clips_dir: Path, pause_s: float) -> int:
+    """Every clip, plain and paused, into ``clips_dir`` (to carry to a host without espeak-ng)."""
+    clips = [Clip(parts, paused, pause_s) for parts in CLIPS for paused in (False, True)]
+    for clip in clips:
+        speak(clip, clips_dir)
+    return len(clips)
 
 
 def plan_session(index: int, sessions: int, options: LoadOptions) -> SessionPlan:
@@ -261,7 +279,7 @@ async def run_turn(
     record: TurnRecord,
     plan: TurnPlan,
     speech: asyncio.Future[float],
-    next_clip: Clip | None,
+    next_speech_pcm16: bytes | None,
     options: LoadOptions,
 ) -> asyncio.Future[float] | None:
     """Read the turn's events until its response.done; returns the next turn's speech if it
@@ -284,7 +302,7 @@ async def run_turn(
                 return None
             if action == "barge_in":
                 timers.barge_in_at = None
-                next_speech = mic.say(next_clip.pcm16)  # type: ignore[union-attr]
+                next_speech = mic.say(next_speech_pcm16)  # type: ignore[arg-type]
             else:
                 timers.cut_at = None
                 record.cut = True
@@ -295,7 +313,7 @@ async def run_turn(
             stopped_at = item.at
         elif item.kind == wire.AUDIO and first_audio_at is None:
             first_audio_at = item.at
-            timers.on_first_audio(item.at, can_barge_in=next_clip is not None)
+            timers.on_first_audio(item.at, can_barge_in=next_speech_pcm16 is not None)
             if stopped_at is not None:
                 record.client_first_audio_ms = round((item.at - stopped_at) * 1000, 1)
             record.speech_end_to_audio_ms = round((item.at - speech_end) * 1000, 1)
@@ -321,7 +339,12 @@ def finish(record: TurnRecord, done: dict[str, Any], *, barge_in_started: bool) 
 
 
 async def run_session(
-    url: str, index: int, plan: SessionPlan, options: LoadOptions, deadline: float | None
+    url: str,
+    index: int,
+    plan: SessionPlan,
+    audio: Mapping[Clip, bytes],
+    options: LoadOptions,
+    deadline: float | None,
 ) -> SessionResult:
     result = SessionResult(index)
     await asyncio.sleep(plan.start_s)
@@ -339,7 +362,7 @@ async def run_session(
             speculative=options.speculative,
             reply_tokens=options.reply_tokens,
         )
-        await talk(socket, mic, plan.turns, result, options, deadline)
+        await talk(socket, mic, plan.turns, audio, result, options, deadline)
     except (RuntimeError, TimeoutError, wire.ConnectionClosed) as exc:
         result.errors.append(f"session_{type(exc).__name__}")
     finally:
@@ -355,6 +378,7 @@ async def talk(
     socket: wire.LoadSocket,
     mic: Microphone,
     plans: list[TurnPlan],
+    audio: Mapping[Clip, bytes],
     result: SessionResult,
     options: LoadOptions,
     deadline: float | None,
@@ -365,10 +389,10 @@ async def talk(
             if deadline is not None and time.monotonic() >= deadline:
                 return
             await asyncio.sleep(plan.think_s)  # the microphone sends silence meanwhile
-            speech = mic.say(plan.clip.pcm16)
+            speech = mic.say(audio[plan.clip])
         record = TurnRecord(result.index, number, plan.clip.text, plan.clip.paused, plan.barge_in)
         result.turns.append(record)
-        upcoming = plans[number + 1].clip if number + 1 < len(plans) else None
+        upcoming = audio[plans[number + 1].clip] if number + 1 < len(plans) else None
         if deadline is not None and time.monotonic() >= deadline:
             upcoming = None  # past the deadline: no barge-in starts another turn
         speech = await run_turn(socket, mic, record, plan, speech, upcoming, options)
@@ -440,8 +464,9 @@ async def run_sessions(
 ) -> list[SessionResult]:
     plans = {i: plan_session(i, sessions, options) for i in indices}
     clips = {turn.clip for plan in plans.values() for turn in plan.turns}
-    await asyncio.to_thread(lambda: [speak(clip) for clip in clips])  # before any session starts
-    runs = (run_session(url, i, plans[i], options, deadline) for i in indices)
+    clips_dir = Path(options.clips_dir) if options.clips_dir else None
+    audio = await asyncio.to_thread(lambda: {clip: speak(clip, clips_dir) for clip in clips})
+    runs = (run_session(url, i, plans[i], audio, options, deadline) for i in indices)
     return list(await asyncio.gather(*runs))
 
 
@@ -648,6 +673,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         transport=args.transport,
         frame_ms=args.frame_ms,
         seed=args.seed,
+        clips_dir=str(args.clips_dir) if args.clips_dir else None,
     )
 
 
@@ -673,8 +699,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workers", type=int, default=1,
         help="client processes sharing the sessions (one event loop each)")  # fmt: skip
     add("--seed", type=int, default=7)
+    add("--clips-dir", type=Path,
+        help="clip WAVs: read when there, else made with espeak-ng and saved")  # fmt: skip
+    add("--render-clips", action="store_true",
+        help="only write every clip into --clips-dir, then exit")  # fmt: skip
     add("--out", type=Path, default=Path("var/realtime_load"), help="report folder")
     args = parser.parse_args(argv)
+    if args.render_clips and args.clips_dir is None:
+        parser.error("--render-clips needs --clips-dir")
     if not all(item.partition("=")[1] for item in args.stack_env):
         parser.error("--stack-env takes VAR=VALUE")
     return args
@@ -682,6 +714,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_clips:
+        print(f"wrote {render_all(args.clips_dir, LoadOptions.pause_s)} clips to {args.clips_dir}")
+        return 0
     points = [int(n) for n in args.sessions.split(",") if n.strip()]
     options = options_from(args)
     args.out.mkdir(parents=True, exist_ok=True)

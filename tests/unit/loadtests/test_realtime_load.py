@@ -1,17 +1,23 @@
-"""The load generator's arithmetic: seeded turn plans, percentiles, the report's own checks."""
+"""The load generator's parts: seeded plans, saved clips, percentiles, accounting, checks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import soundfile as sf
 
 from loadtests import load_client as wire
 from loadtests.realtime_load import (
     CLIPS,
+    Clip,
     LoadOptions,
     SessionResult,
     TurnRecord,
     checks,
     plan_session,
+    render_all,
+    speak,
     stats,
     summarize_point,
 )
@@ -81,3 +87,17 @@ def test_server_events_map_to_protocol_neutral_kinds() -> None:
     for kind, (fields, expected) in events.items():
         assert wire.classify({"type": kind, **fields})[0] == expected, kind
     assert wire.classify({"type": "response.done", "response": done})[1] == done
+
+
+def test_clips_are_saved_to_a_folder_and_read_from_it(tmp_path: Path) -> None:
+    clip = Clip(CLIPS[0], True, 0.35)
+    made = speak(clip, tmp_path)  # espeak-ng, then saved as a WAV
+    (saved,) = tmp_path.glob("*.wav")
+    pcm, rate = sf.read(saved, dtype="int16")
+    assert rate == 16_000 and pcm.tobytes() == made
+    other = (np.arange(1600) % 200 - 100).astype(np.int16)  # not speech: proves the file is read
+    sf.write(saved, other, 16_000, subtype="PCM_16")
+    speak.cache_clear()
+    assert speak(clip, tmp_path) == other.tobytes()
+    assert render_all(tmp_path, 0.35) == 2 * len(CLIPS)
+    assert len(list(tmp_path.glob("*.wav"))) == 2 * len(CLIPS)
