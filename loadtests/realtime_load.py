@@ -128,6 +128,7 @@ class TurnRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     audio_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    replies_inside_speech: list[str] = field(default_factory=list)  # their statuses
 
     @property
     def answered(self) -> bool:
@@ -251,6 +252,40 @@ class Microphone:
                     waiting.set_exception(exc)
 
 
+@dataclass
+class TurnProgress:
+    """What a turn has seen of its reply: the reply is the first one created after the turn's
+    speech ended (a reply created earlier answered part of the utterance: the server ended a
+    turn inside it, and the rest of the utterance barged into that reply)."""
+
+    speech_end: float
+    reply_id: str | None = None
+    stopped_at: float | None = None
+    first_audio_at: float | None = None
+
+    def is_mine(self, done: dict[str, Any]) -> bool:
+        return self.reply_id is not None and done.get("id") == self.reply_id
+
+    def observe(self, record: TurnRecord, item: wire.Received) -> bool:
+        """Note one event; True for the first audio of the turn's reply."""
+        after_speech = item.at >= self.speech_end
+        if item.kind == wire.REPLY_STARTED and after_speech and self.reply_id is None:
+            self.reply_id = item.data["id"]
+        elif item.kind == wire.SPEECH_STOPPED and after_speech and self.stopped_at is None:
+            self.stopped_at = item.at
+        elif item.kind == wire.AUDIO and self.reply_id is not None and self.first_audio_at is None:
+            self.first_audio_at = item.at
+            if self.stopped_at is not None:
+                record.client_first_audio_ms = round((item.at - self.stopped_at) * 1000, 1)
+            record.speech_end_to_audio_ms = round((item.at - self.speech_end) * 1000, 1)
+            return True
+        elif item.kind == wire.ERROR:
+            record.errors.append(str(item.data.get("code")))
+        elif item.kind == wire.DONE:  # a reply to part of the utterance
+            record.replies_inside_speech.append(str(item.data.get("status")))
+        return False
+
+
 class TurnTimers:
     """The moments a turn acts on its own: the barge-in, cutting the reply, giving up."""
 
@@ -290,7 +325,7 @@ async def run_turn(
         record.errors.append("closed")
         return None
     timers = TurnTimers(speech_end, plan, options)
-    stopped_at = first_audio_at = None
+    progress = TurnProgress(speech_end)
     next_speech: asyncio.Future[float] | None = None
     while True:
         action, at = timers.next_due()
@@ -309,22 +344,14 @@ async def run_turn(
                 with contextlib.suppress(wire.ConnectionClosed):  # then CLOSED comes next
                     await socket.cancel_reply()
             continue
-        if item.kind == wire.SPEECH_STOPPED and stopped_at is None:
-            stopped_at = item.at
-        elif item.kind == wire.AUDIO and first_audio_at is None:
-            first_audio_at = item.at
-            timers.on_first_audio(item.at, can_barge_in=next_speech_pcm16 is not None)
-            if stopped_at is not None:
-                record.client_first_audio_ms = round((item.at - stopped_at) * 1000, 1)
-            record.speech_end_to_audio_ms = round((item.at - speech_end) * 1000, 1)
-        elif item.kind == wire.ERROR:
-            record.errors.append(str(item.data.get("code")))
-        elif item.kind == wire.CLOSED:
+        if item.kind == wire.CLOSED:
             record.errors.append(f"closed_{item.data.get('code')}")
             return None
-        elif item.kind == wire.DONE:
+        if item.kind == wire.DONE and progress.is_mine(item.data):
             finish(record, item.data, barge_in_started=next_speech is not None)
             return next_speech
+        if progress.observe(record, item):  # the first audio of the turn's reply
+            timers.on_first_audio(item.at, can_barge_in=next_speech_pcm16 is not None)
 
 
 def finish(record: TurnRecord, done: dict[str, Any], *, barge_in_started: bool) -> None:
@@ -450,6 +477,7 @@ def summarize_point(sessions: int, results: list[SessionResult], wall_s: float) 
             "speculative": sum(t.speculative for t in turns),
             "without_audio": sum(t.answered and t.speech_end_to_audio_ms is None for t in turns),
             "failed_without_error": sum(not t.answered and not t.errors for t in turns),
+            "replies_inside_speech": sum(len(t.replies_inside_speech) for t in turns),
         },
         "errors": dict(sorted(errors.items())),
         "latency_ms": latency,

@@ -88,6 +88,7 @@ async def test_smoke_run_writes_a_complete_consistent_report(
         assert counts["barged_in"] == sum(t["barged_in"] for t in mine)
         assert point["errors"] == dict(Counter(e for t in mine for e in t["errors"]))
         statuses = Counter(t["status"] for t in mine if t["status"])
+        statuses.update(s for t in mine for s in t["replies_inside_speech"])
         assert point["server"]["responses"] == {k: float(v) for k, v in statuses.items()}
         first_audio = [t["client_first_audio_ms"] for t in mine if t["client_first_audio_ms"]]
         assert_stats(point["latency_ms"]["client_first_audio"], first_audio)
@@ -96,6 +97,7 @@ async def test_smoke_run_writes_a_complete_consistent_report(
             assert_stats(stats, [timings[stage] for timings in answered if stage in timings])
     # the server sent exactly the replies the client counted
     by_status = Counter(t["status"] for t in turns if t["status"])
+    by_status.update(s for t in turns for s in t["replies_inside_speech"])
     assert responses == {s: float(by_status.get(s, 0)) for s in responses}
     assert sum(t["answered"] and t["client_first_audio_ms"] is not None for t in turns) > 0
     assert any(t["paused"] for t in turns)  # seed 3 draws both kinds of turn

@@ -13,6 +13,7 @@ from loadtests.realtime_load import (
     Clip,
     LoadOptions,
     SessionResult,
+    TurnProgress,
     TurnRecord,
     checks,
     plan_session,
@@ -101,3 +102,22 @@ def test_clips_are_saved_to_a_folder_and_read_from_it(tmp_path: Path) -> None:
     assert speak(clip, tmp_path) == other.tobytes()
     assert render_all(tmp_path, 0.35) == 2 * len(CLIPS)
     assert len(list(tmp_path.glob("*.wav"))) == 2 * len(CLIPS)
+
+
+def test_a_turn_takes_the_first_reply_created_after_its_speech_ended() -> None:
+    record, progress = turn("", [], None), TurnProgress(speech_end=10.0)
+    # the server ended a turn inside the utterance; the rest of it barged into that reply
+    before = [
+        wire.Received(9.2, wire.SPEECH_STOPPED),
+        wire.Received(9.5, wire.REPLY_STARTED, {"id": "early"}),
+        wire.Received(9.6, wire.AUDIO, {"bytes": 960}),
+        wire.Received(9.7, wire.DONE, {"id": "early", "status": "cancelled"}),
+    ]
+    assert not any(progress.observe(record, item) for item in before)
+    assert record.replies_inside_speech == ["cancelled"]
+    assert progress.observe(record, wire.Received(10.7, wire.SPEECH_STOPPED)) is False
+    assert progress.observe(record, wire.Received(10.8, wire.REPLY_STARTED, {"id": "r"})) is False
+    assert progress.observe(record, wire.Received(11.0, wire.AUDIO, {"bytes": 960})) is True
+    assert progress.observe(record, wire.Received(11.1, wire.AUDIO, {"bytes": 960})) is False
+    assert record.client_first_audio_ms == 300.0 and record.speech_end_to_audio_ms == 1000.0
+    assert progress.is_mine({"id": "r"}) and not progress.is_mine({"id": "early"})
