@@ -558,7 +558,12 @@ async def sweep(
             await settle(url)
             before = await wire.scrape(url)
             summary, records = await run_point(url, sessions, options, pool, workers)
-            summary["server"] = wire.server_counts(before, await wire.scrape(url))
+            summary["server"] = server = wire.server_counts(before, await wire.scrape(url))
+            seen = sum(r.status != "" for r in records) + summary["turns"]["replies_inside_speech"]
+            # replies the server finished but never reported (e.g. cut off by a client's close)
+            summary["replies_not_seen"] = (
+                None if server is None else sum(server["responses"].values()) - seen
+            )
             summaries.append(summary)
             turns += [{"sessions": sessions, **asdict(t), "answered": t.answered} for t in records]
             print(table_row(summary), flush=True)

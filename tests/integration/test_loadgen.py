@@ -90,6 +90,7 @@ async def test_smoke_run_writes_a_complete_consistent_report(
         statuses = Counter(t["status"] for t in mine if t["status"])
         statuses.update(s for t in mine for s in t["replies_inside_speech"])
         assert point["server"]["responses"] == {k: float(v) for k, v in statuses.items()}
+        assert point["replies_not_seen"] == 0
         first_audio = [t["client_first_audio_ms"] for t in mine if t["client_first_audio_ms"]]
         assert_stats(point["latency_ms"]["client_first_audio"], first_audio)
         for stage, stats in point["stages_ms"].items():
