@@ -8,19 +8,15 @@ import numpy as np
 import soundfile as sf
 
 from loadtests import load_client as wire
+from loadtests.load_report import SessionResult, TurnRecord, checks, stats, summarize_point
 from loadtests.realtime_load import (
     CLIPS,
     Clip,
     LoadOptions,
-    SessionResult,
     TurnProgress,
-    TurnRecord,
-    checks,
     plan_session,
     render_all,
     speak,
-    stats,
-    summarize_point,
 )
 
 
