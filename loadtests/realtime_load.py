@@ -71,6 +71,7 @@ CLIPS = (
 )
 THINK_S = (0.3, 1.0)  # silence before a new turn (not a barge-in)
 BARGE_IN_AFTER_S = (0.2, 0.8)  # from the reply's first audio to the barge-in
+LAG_WARNING_MS = 200.0  # a frame this late: the point measured the client, not the server
 SETTLE_TIMEOUT_S = 30.0  # between sweep points: the server closes the last point's sessions
 REPORT = "realtime_load.json"
 PLOT = "realtime_load.png"
@@ -479,6 +480,10 @@ async def sweep(
             summaries.append(summary)
             turns += [{"sessions": sessions, **asdict(t), "answered": t.answered} for t in records]
             print(table_row(summary), flush=True)
+            if summary["client_max_lag_ms"] > LAG_WARNING_MS:
+                print(f"warning: at {sessions} sessions the generator fell "
+                      f"{summary['client_max_lag_ms']:.0f} ms behind real time: "
+                      "use --workers or a larger client host", file=sys.stderr)  # fmt: skip
     return summaries, turns
 
 
