@@ -138,6 +138,21 @@ def checks(points: list[dict[str, Any]]) -> dict[str, bool]:
     }
 
 
+def largest_within_target(points: list[dict[str, Any]], target_ms: float = TARGET_MS) -> int | None:
+    """The most sessions whose end of turn → first audio p95 is within the target with no
+    errors and no refusals (issue 18's capacity figure); None when no point qualifies."""
+    good = [
+        p["sessions"]
+        for p in points
+        if p["latency_ms"]["client_first_audio"]["p95"] is not None
+        and p["latency_ms"]["client_first_audio"]["p95"] <= target_ms
+        and not p["errors"]
+        and not p["refused"]
+        and not p["turns"]["failed"]
+    ]
+    return max(good) if good else None
+
+
 def git_commit() -> str:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out = subprocess.run(

@@ -49,10 +49,12 @@ import soundfile as sf
 from loadtests import load_client as wire
 from loadtests.load_report import (
     TABLE_HEADER,
+    TARGET_MS,
     SessionResult,
     TurnRecord,
     checks,
     git_commit,
+    largest_within_target,
     plot,
     summarize_point,
     table_row,
@@ -592,11 +594,15 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "points": summaries,
         "checks": checks(summaries),
+        "largest_sessions_within_target": largest_within_target(summaries),
+        "target_p95_ms": TARGET_MS,
         "plot": PLOT,
         "turns": turns,
     }
     (args.out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     plot(summaries, args.out / PLOT, f"realtime load, commit {commit or '?'}")
+    print(f"largest sessions with p95 ≤ {TARGET_MS:.0f} ms, no errors, no refusals: "
+          f"{report['largest_sessions_within_target']}")  # fmt: skip
     print(f"wrote {args.out / REPORT} and {args.out / PLOT}")
     return 0 if all(report["checks"].values()) else 1
 

@@ -8,7 +8,14 @@ import numpy as np
 import soundfile as sf
 
 from loadtests import load_client as wire
-from loadtests.load_report import SessionResult, TurnRecord, checks, stats, summarize_point
+from loadtests.load_report import (
+    SessionResult,
+    TurnRecord,
+    checks,
+    largest_within_target,
+    stats,
+    summarize_point,
+)
 from loadtests.realtime_load import (
     CLIPS,
     Clip,
@@ -117,3 +124,16 @@ def test_a_turn_takes_the_first_reply_created_after_its_speech_ended() -> None:
     assert progress.observe(record, wire.Received(11.1, wire.AUDIO, {"bytes": 960})) is False
     assert record.client_first_audio_ms == 300.0 and record.speech_end_to_audio_ms == 1000.0
     assert progress.is_mine({"id": "r"}) and not progress.is_mine({"id": "early"})
+
+
+def test_the_capacity_figure_is_the_largest_clean_point_within_the_target() -> None:
+    def point(sessions: int, first_audio_ms: list[float], errors: list[str]) -> dict:
+        turns = [
+            turn("completed", errors if i == 0 else [], ms) for i, ms in enumerate(first_audio_ms)
+        ]
+        return summarize_point(sessions, [SessionResult(0, turns=turns)], 1.0)
+
+    fast, slow = [200.0, 250.0, 300.0], [200.0, 300.0, 900.0]
+    points = [point(1, fast, []), point(8, fast, []), point(32, slow, []), point(64, fast, ["x"])]
+    assert largest_within_target(points) == 8
+    assert largest_within_target(points[2:]) is None
