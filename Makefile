@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTO_SRC := $(wildcard protos/stepaudio/serving/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup protos demo test test-fast lint bench bench-gpu chart-lint clean
+.PHONY: help setup protos demo test test-fast lint bench bench-gpu load chart-lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ lint: setup ## ruff
 
 bench: setup ## CPU benchmarks on the tiny pack (results go to stdout; see docs/benchmarks.md)
 	$(PY) -m loadtests.bench
+
+load: setup ## realtime load sweep (ARGS="--url URL --sessions 1,8,32"; see docs/benchmarks.md)
+	$(PY) -m loadtests.realtime_load $(ARGS)
 
 bench-gpu: ## GPU benchmarks (run on a GPU host with vLLM installed)
 	python3 -m loadtests.gpu.bench

@@ -41,6 +41,7 @@ END_OF_TURN_S = 1.0  # > 600 ms: the VAD ends the turn
 # every TTS clause runs to 250 audio ids (6 s): a held reply's first clause stays in flight
 LONG_CLAUSES = {"ignore_eos": True, "max_audio_tokens": 250}
 WAIT_S = 90.0
+LOOKAHEAD_IDS = 40  # vq06 look-ahead (24 codes = 0.96 s) in mixed ids (41.67/s)
 
 
 # -- recording what the services receive ----------------------------------------------------
@@ -143,6 +144,13 @@ def speculations(stack: Stack, outcome: str) -> float:
 
 def cancelled(stack: Stack, service: str) -> float:
     return stack.metric(service, f"stepaudio_{service}_requests_total", reason="cancelled")
+
+
+def common_prefix(first: list[int], second: list[int]) -> int:
+    return next(
+        (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+        min(len(first), len(second)),
+    )
 
 
 def contains(sequence: list[int], part: list[int]) -> bool:
@@ -253,8 +261,13 @@ async def test_pause_then_resume_discards_the_speculation(
         turns = await stored_turns(redis_server.url, client.result.session_id)
         assert [t.role for t in turns] == ["user", "assistant"]  # no trace of the speculation
         user, assistant = turns
-        assert final.audio_ids == user.audio_token_ids[: len(final.audio_ids)]
-        assert 0 < len(speculation.audio_ids) < len(final.audio_ids) - 25  # > 1 s of speech more
+        # the held reply tokenized the utterance up to the pause in one piece; the stored turn
+        # was tokenized as a stream that saw the audio after it, so their last ids may differ
+        # within the semantic look-ahead (docs/audio-tokenizer.md); where the pause falls in
+        # the audio depends on how fast the VAD keeps up, so the tail is not compared
+        agreed = common_prefix(final.audio_ids, user.audio_token_ids)
+        assert agreed >= len(final.audio_ids) - LOOKAHEAD_IDS
+        assert 0 < len(speculation.audio_ids) < agreed - 25  # > 0.6 s of speech more
         assert assistant.interrupted and assistant.text == done["response"]["text"]
 
 
