@@ -13,6 +13,7 @@ multiples of 4 frames (one code) and never cross a 30 s piece boundary.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from services.models.audio_tokenizer import whisper_mel
+from services.models.audio_tokenizer.batching import SemanticJob, drive
 from services.models.audio_tokenizer.errors import CheckpointError, require_file
 from services.models.audio_tokens import SEMANTIC_CODES
 
@@ -47,6 +49,8 @@ class SemanticTokenizer:
         self.path = path
         inputs = session.get_inputs()
         self._mel_input, self._length_input = inputs[0].name, inputs[1].name
+        # the released model (and the tiny one) take batch 1: windows then run one by one
+        self.batched = all(not isinstance(i.shape[0], int) for i in inputs[:2])
 
     @classmethod
     def load(
@@ -71,18 +75,51 @@ class SemanticTokenizer:
             self._mel_input: np.ascontiguousarray(mel[None], dtype=np.float32),
             self._length_input: np.array([mel.shape[1]], dtype=np.int32),
         }
-        codes = np.asarray(self.session.run(None, feeds)[0]).reshape(-1).astype(np.int64)
+        return self._checked(
+            np.asarray(self.session.run(None, feeds)[0]).reshape(-1).astype(np.int64)
+        )
+
+    def codes_for_mels(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Codes for many windows (of different streams) in one pass: with a batch-dynamic
+        model, windows of equal length as one stacked call; else one call each."""
+        if not self.batched:
+            return [self.codes_for_mel(mel) for mel in mels]
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(mels)
+        groups: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            groups.setdefault(mel.shape[1], []).append(i)
+        for frames, members in groups.items():
+            feeds = {
+                self._mel_input: np.ascontiguousarray(
+                    np.stack([mels[i] for i in members]), np.float32
+                ),
+                self._length_input: np.full(len(members), frames, dtype=np.int32),
+            }
+            codes = np.asarray(self.session.run(None, feeds)[0]).reshape(len(members), -1)
+            for i, row in zip(members, codes.astype(np.int64), strict=True):
+                out[i] = self._checked(row)
+        return out
+
+    def _checked(self, codes: np.ndarray) -> np.ndarray:
         if codes.size and (codes.min() < 0 or codes.max() >= SEMANTIC_CODES):
             raise CheckpointError(self.path, f"model produced codes outside [0, {SEMANTIC_CODES})")
         return codes
 
     def tokenize(self, samples: np.ndarray) -> list[int]:
+        return drive(self.tokenize_steps(samples), self._run_one)
+
+    def tokenize_steps(self, samples: np.ndarray) -> Generator[SemanticJob, np.ndarray, list[int]]:
+        """`tokenize` as a step generator (batching.py): one job per 30 s piece."""
         codes: list[int] = []
         for start in range(0, len(samples), PIECE_SAMPLES):
             piece = samples[start : start + PIECE_SAMPLES]
             if len(piece) >= MIN_PIECE_SAMPLES:
-                codes += self.codes_for_mel(whisper_mel.log_mel_spectrogram(piece)).tolist()
+                piece_codes = yield SemanticJob(whisper_mel.log_mel_spectrogram(piece))
+                codes += piece_codes.tolist()
         return codes
+
+    def _run_one(self, job: SemanticJob) -> np.ndarray:
+        return self.codes_for_mel(job.mel)
 
     def stream(self, options: SemanticStreamOptions) -> SemanticStream:
         return SemanticStream(self, options)
@@ -172,26 +209,33 @@ class SemanticStream:
         self.committed = 0  # codes of the current piece already returned
 
     def push(self, samples: np.ndarray) -> list[int]:
+        return drive(self.push_steps(samples), self.tokenizer._run_one)
+
+    def finish(self) -> list[int]:
+        return drive(self.finish_steps(), self.tokenizer._run_one)
+
+    def push_steps(self, samples: np.ndarray) -> Generator[SemanticJob, np.ndarray, list[int]]:
+        """`push` as a step generator (batching.py): one job per model window."""
         codes: list[int] = []
         while len(samples):
             taken = self.piece.append(samples)
             samples = samples[taken:]
-            codes += self._run_windows()
+            codes += yield from self._run_windows()
             if self.piece.complete:
                 self._next_piece()
         return codes
 
-    def finish(self) -> list[int]:
+    def finish_steps(self) -> Generator[SemanticJob, np.ndarray, list[int]]:
         if self.piece.samples < MIN_PIECE_SAMPLES or self.piece.complete:
             return []
         self.piece.close()
-        return self._run_windows()
+        return (yield from self._run_windows())
 
     def _next_piece(self) -> None:
         self.piece = PieceFrames()
         self.committed = 0
 
-    def _run_windows(self) -> list[int]:
+    def _run_windows(self) -> Generator[SemanticJob, np.ndarray, list[int]]:
         codes: list[int] = []
         opts = self.options
         while True:
@@ -204,7 +248,7 @@ class SemanticStream:
                 end, last = step_end, False
             else:
                 return codes
-            new = self._window_codes(end)
+            new = yield from self._window_codes(end)
             if not last and len(new) < opts.hop_codes:
                 raise CheckpointError(
                     self.tokenizer.path,
@@ -217,9 +261,10 @@ class SemanticStream:
             self.committed = total_codes if last else self.committed + len(keep)
             self.piece.forget_before(max(0, self.committed - opts.context_codes) * FRAMES_PER_CODE)
 
-    def _window_codes(self, end_code: int) -> list[int]:
+    def _window_codes(self, end_code: int) -> Generator[SemanticJob, np.ndarray, list[int]]:
         """Run the model on [committed - context, end_code) codes; codes from ``committed`` on."""
         first = max(0, self.committed - self.options.context_codes)
         start, stop = first * FRAMES_PER_CODE, min(end_code * FRAMES_PER_CODE, self.piece.ready)
         mel = whisper_mel.scale_log_mel(self.piece.window(start, stop), self.piece.maximum)
-        return self.tokenizer.codes_for_mel(mel)[self.committed - first :].tolist()
+        codes = yield SemanticJob(mel)
+        return codes[self.committed - first :].tolist()  # type: ignore[no-any-return]
