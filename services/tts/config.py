@@ -37,6 +37,11 @@ class VocoderSettings(BaseModel):
         le=1024,
         description="Audio chunks a stream may hold unread by its client before the loop skips it.",
     )
+    compile: bool = Field(
+        False,
+        description="token2wav GPU fast path (Token2Wav.compile_for_gpu: padded, bucketed flow "
+        "as CUDA graphs, HiFT graphs); graphs are captured on first use of each shape.",
+    )
 
 
 class TtsSettings(BaseServiceSettings):

@@ -295,9 +295,12 @@ class TtsModels:
         audio_tokenizer = AudioTokenizer.from_pretrained(
             layout.tokenizer_dir(root), num_threads=settings.tokenizer_threads, device=device
         )
-        vocoder = Token2Wav.from_pretrained(layout.vocoder_dir(root), device=device, dtype=dtype)
+        accel = settings.vocoder.compile
+        vocoder = Token2Wav.from_pretrained(
+            layout.vocoder_dir(root), device=device, dtype=dtype, compile=accel
+        )
         music = Token2Wav.from_pretrained(
-            layout.vocoder_dir(root, music=True), device=device, dtype=dtype
+            layout.vocoder_dir(root, music=True), device=device, dtype=dtype, compile=accel
         )
         mel = vocoder.config.feat_extractor
         voices = VoiceRegistry(
