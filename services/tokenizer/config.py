@@ -31,6 +31,11 @@ class TokenizerSettings(BaseServiceSettings):
         description="Batching loops (threads) running tokenizer work; streams share them. "
         "One per device on a GPU.",
     )
+    semantic_batch: bool = Field(
+        True,
+        description="Run the vq06 windows of a round as one stacked ONNX call when the model "
+        "allows it (checked at load; else one call per window).",
+    )
     max_streams: int = Field(64, ge=1, le=4096, description="Concurrent TokenizeStream calls.")
     max_chunk_ms: int = Field(
         1000, ge=20, le=10_000, description="Longest audio chunk in one stream message (ms)."

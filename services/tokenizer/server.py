@@ -140,6 +140,7 @@ class TokenizerService:
             s.tokenizer_path,
             num_threads=s.engine_threads,
             device=s.device,
+            semantic_batch=s.semantic_batch,
         )
         # The first model call pays seconds of one-off initialisation; pay it before SERVING.
         noise = np.random.default_rng(0).uniform(-0.1, 0.1, int(16_000 * WARMUP_SECONDS))

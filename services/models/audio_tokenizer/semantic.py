@@ -13,6 +13,7 @@ multiples of 4 frames (one code) and never cross a 30 s piece boundary.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from services.models.audio_tokenizer import whisper_mel
 from services.models.audio_tokenizer.batching import SemanticJob, drive
 from services.models.audio_tokenizer.errors import CheckpointError, require_file
 from services.models.audio_tokens import SEMANTIC_CODES
+
+log = logging.getLogger(__name__)
 
 PIECE_SAMPLES = 30 * whisper_mel.SAMPLE_RATE_HZ
 MIN_PIECE_SAMPLES = 480  # shorter trailing pieces are dropped by the reference
@@ -43,19 +46,41 @@ class SemanticStreamOptions:
             raise ValueError("hop_codes >= 1, context_codes >= 0 and lookahead_codes >= 0")
 
 
+@dataclass(frozen=True)
+class BatchRunner:
+    """A second session of the same model whose batch axis is open (see `batch_runner`):
+    stacked windows of equal length, with the length input per window or one for all."""
+
+    session: ort.InferenceSession
+    length_per_window: bool
+
+    def run(self, mels: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        """(B, N_MELS, T) → (B, codes)."""
+        inputs = self.session.get_inputs()
+        count = len(mels) if self.length_per_window else 1
+        feeds = {
+            inputs[0].name: np.ascontiguousarray(mels, dtype=np.float32),
+            inputs[1].name: np.full(count, mels.shape[2], dtype=np.int32),
+        }
+        output = self.session.run(None, feeds, run_options)[0]
+        return np.asarray(output).reshape(len(mels), -1)
+
+
 class SemanticTokenizer:
-    def __init__(self, session: ort.InferenceSession, path: Path) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, path: Path, batch: BatchRunner | None = None
+    ) -> None:
         self.session = session
         self.path = path
         inputs = session.get_inputs()
         self._mel_input, self._length_input = inputs[0].name, inputs[1].name
-        # the released model (and the tiny one) take batch 1: windows then run one by one
-        self.batched = all(not isinstance(i.shape[0], int) for i in inputs[:2])
+        self.batch = batch  # None: windows of a round run one call each
 
     @classmethod
     def load(
-        cls, path: Path, *, num_threads: int | None, providers: list[str]
+        cls, path: Path, *, num_threads: int | None, providers: list[str], batch: bool = False
     ) -> SemanticTokenizer:
+        """``batch``: also open a batch session (`batch_runner`) for rounds of many streams."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = num_threads or 1  # the reference uses 1
@@ -67,7 +92,10 @@ class SemanticTokenizer:
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise CheckpointError(path, f"cannot load ONNX model: {exc}") from exc
         _check_signature(session, path)
-        return cls(session, path)
+        tokenizer = cls(session, path)
+        if batch:
+            tokenizer.batch = batch_runner(tokenizer, options, providers)
+        return tokenizer
 
     def codes_for_mel(self, mel: np.ndarray) -> np.ndarray:
         """Codes for a (N_MELS, T) scaled log-mel window."""
@@ -80,22 +108,19 @@ class SemanticTokenizer:
         )
 
     def codes_for_mels(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Codes for many windows (of different streams) in one pass: with a batch-dynamic
-        model, windows of equal length as one stacked call; else one call each."""
-        if not self.batched:
+        """Codes for many windows (of different streams) in one pass: with a batch session,
+        windows of equal length as one stacked call; else one call each."""
+        if self.batch is None:
             return [self.codes_for_mel(mel) for mel in mels]
         out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(mels)
         groups: dict[int, list[int]] = {}
         for i, mel in enumerate(mels):
             groups.setdefault(mel.shape[1], []).append(i)
-        for frames, members in groups.items():
-            feeds = {
-                self._mel_input: np.ascontiguousarray(
-                    np.stack([mels[i] for i in members]), np.float32
-                ),
-                self._length_input: np.full(len(members), frames, dtype=np.int32),
-            }
-            codes = np.asarray(self.session.run(None, feeds)[0]).reshape(len(members), -1)
+        for members in groups.values():
+            if len(members) == 1:  # the reference session, exactly as alone
+                out[members[0]] = self.codes_for_mel(mels[members[0]])
+                continue
+            codes = self.batch.run(np.stack([mels[i] for i in members]))
             for i, row in zip(members, codes.astype(np.int64), strict=True):
                 out[i] = self._checked(row)
         return out
@@ -135,6 +160,43 @@ def _check_signature(session: ort.InferenceSession, path: Path) -> None:
         raise CheckpointError(
             path, f"input 0 should be mel (1, {whisper_mel.N_MELS}, T), model says {mel_shape}"
         )
+
+
+def batch_runner(
+    tokenizer: SemanticTokenizer, options: ort.SessionOptions, providers: list[str]
+) -> BatchRunner | None:
+    """The model with its batch axis opened, if stacking windows gives every window exactly
+    the codes of its own call (checked on random windows); else None.
+
+    The released ``speech_tokenizer_v1.onnx`` declares batch 1. Its graph may still compute
+    per row; which length input it wants (one per window, or one for all — windows are
+    stacked only at equal length) is found by trying both.
+    """
+    import onnx  # only needed here
+
+    model = onnx.load(str(tokenizer.path))
+    for value in (*model.graph.input[:2], model.graph.output[0]):
+        shape = value.type.tensor_type.shape
+        if shape.dim:
+            shape.dim[0].dim_param = "batch"
+    probe = np.random.default_rng(0).uniform(-1, 1, (3, whisper_mel.N_MELS, 96)).astype(np.float32)
+    want = np.stack([tokenizer.codes_for_mel(mel) for mel in probe])
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a variant that fails is expected; it raises, no need to log
+    for length_per_window in (True, False):
+        try:
+            session = ort.InferenceSession(
+                model.SerializeToString(), sess_options=options, providers=providers
+            )
+            runner = BatchRunner(session, length_per_window)
+            if np.array_equal(runner.run(probe, quiet).astype(np.int64), want):
+                return runner
+        except Exception:  # onnxruntime's own errors: this variant does not batch
+            continue
+    log.warning(
+        "%s: stacked windows do not reproduce single calls; vq06 runs per window", tokenizer.path
+    )
+    return None
 
 
 class PieceFrames:

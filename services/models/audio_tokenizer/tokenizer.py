@@ -72,12 +72,15 @@ class AudioTokenizer:
         num_threads: int | None = None,
         device: str = "cpu",
         stream_options: SemanticStreamOptions | None = None,
+        semantic_batch: bool = False,
     ) -> AudioTokenizer:
         """Load ``<root>/Step-Audio-Tokenizer`` (the Hugging Face repo layout).
 
         ``num_threads`` sets ONNX Runtime's intra-op threads (default 1, as upstream); torch's
         thread count is process-wide and left alone. ``device`` ("cpu", "cuda", "cuda:1") places
         the Paraformer encoder, and the ONNX model when onnxruntime has the CUDA provider.
+        ``semantic_batch`` opens a second vq06 session with an open batch axis, used when it
+        reproduces single calls exactly (`semantic.batch_runner`), for batching loops.
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -94,6 +97,7 @@ class AudioTokenizer:
             folder / layout.SEMANTIC_TOKENIZER_FILE,
             num_threads=num_threads,
             providers=_onnx_providers(torch_device),
+            batch=semantic_batch,
         )
         return cls(linguistic, semantic, stream_options)
 

@@ -5,6 +5,7 @@ at different rounds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from services.models.audio_tokenizer.batching import (
     run_round,
 )
 from services.models.audio_tokenizer.sanm import EncoderState
+from services.models.audio_tokenizer.semantic import BatchRunner
 
 # Stacked rows of a batched matmul differ from one-row calls only in the BLAS kernel's
 # summation order: encoder frames max |diff| measured 7.2e-7 (fp32, CPU, tiny pack); the codes
@@ -131,9 +133,18 @@ def _collect(
     utterances[index].calls += 1
 
 
+@pytest.fixture(scope="module")
+def batching(tiny_tokenizer_dir: Path) -> AudioTokenizer:
+    """The tokenizer as the service loads it: vq06 windows of a round stacked in one call."""
+    tokenizer = AudioTokenizer.from_pretrained(tiny_tokenizer_dir, semantic_batch=True)
+    assert tokenizer.semantic.batch is not None  # the tiny model batches exactly
+    return tokenizer
+
+
 def test_batched_codes_equal_single_utterance_codes(
-    tokenizer: AudioTokenizer, monkeypatch: pytest.MonkeyPatch
+    batching: AudioTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tokenizer = batching
     same = {"rate": 16_000, "chunk": 3840}
     utterances = [
         Utterance(speech_like(3.0, 16_000, seed=1), **same, start=0),
@@ -160,6 +171,14 @@ def test_batched_codes_equal_single_utterance_codes(
         return forward_group(features, states)
 
     monkeypatch.setattr(encoder, "_forward_group", spy)
+    stacked_windows: list[int] = []
+    batch_run = BatchRunner.run
+
+    def spy_windows(runner: BatchRunner, mels: np.ndarray, *args: Any) -> np.ndarray:
+        stacked_windows.append(len(mels))
+        return batch_run(runner, mels, *args)
+
+    monkeypatch.setattr(BatchRunner, "run", spy_windows)
     rounds, clip_ids = run_rounds(tokenizer, utterances, clip)
 
     for u, want in zip(utterances, wanted, strict=True):
@@ -170,6 +189,7 @@ def test_batched_codes_equal_single_utterance_codes(
     semantic_batch = max(sum(isinstance(j, SemanticJob) for j in jobs) for jobs in rounds)
     assert encoder_batch >= 4 and semantic_batch >= 2  # rounds really were shared
     assert max(stacked) >= 4  # and steady streams ran as one stacked encoder call
+    assert max(stacked_windows) >= 2  # and equal vq06 windows as one stacked ONNX call
 
 
 def test_batched_encoder_matches_per_stream_calls(tokenizer: AudioTokenizer) -> None:
