@@ -16,6 +16,11 @@ session per step); meant for the LLM decode step and token2wav chunks too.
     result = await loop.run(session_key, item)   # Overloaded when 256 items already wait
     await loop.aclose()
 
+``RoundLoop`` — continuous batching of calls that need the model several times (a tokenizer
+feed: one encoder chunk per 240 ms stride): each call is a step generator yielding jobs; every
+round runs the current job of all active calls in one batched function, and a call resolves as
+soon as its generator returns. Used by the tokenizer service.
+
 ``EngineWorker`` — the unbatched case: ``await worker.run(fn, *args)`` runs ``fn`` on the
 worker's thread, one call at a time, FIFO.
 
@@ -33,7 +38,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -231,3 +236,167 @@ class EngineWorker:
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         await self._loop.aclose(timeout_s)
+
+
+@dataclass(eq=False)
+class _Task:
+    steps: Generator[Any, Any, Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    job: Any = None
+    started: bool = False
+    done: bool = False  # resolved (set on the worker thread; the future follows on its loop)
+
+
+RoundFn = Callable[[list[Any]], Sequence[Any]]
+
+
+class RoundLoop:
+    """One thread driving step generators in lock-step rounds: continuous batching for
+    calls that need the model several times (a tokenizer feed: one encoder chunk per stride).
+
+    ``await loop.run(steps)`` submits a generator that yields jobs and receives their results;
+    each round the thread takes the current job of every task (tasks submitted meanwhile join
+    at the next round), runs ``round_fn(jobs) -> results`` once, sends each result into its
+    generator and resolves the caller's future as soon as its generator returns. The code
+    between yields runs on the thread too. A generator that raises fails only its own call; a
+    failed round fails the tasks in it. A cancelled caller's generator is closed at the next
+    round. More than ``max_pending`` tasks at once → ``Overloaded``.
+    """
+
+    def __init__(
+        self,
+        round_fn: RoundFn,
+        *,
+        max_pending: int,
+        name: str,
+        on_round: StepObserver | None = None,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be >= 1")
+        self._round_fn = round_fn
+        self._max_pending = max_pending
+        self._on_round = on_round  # (jobs in the round, round seconds), on the worker thread
+        self._incoming: deque[_Task] = deque()
+        self._active: list[_Task] = []  # thread-owned
+        self._count = 0  # submitted and not finished (guarded by the condition)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run_thread, name=name, daemon=True)
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted and not finished."""
+        return self._count
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def run(self, steps: Generator[Any, Any, T]) -> T:
+        loop = asyncio.get_running_loop()
+        task = _Task(steps, loop.create_future(), loop)
+        with self._cond:
+            if self._closed:
+                steps.close()
+                raise WorkerClosed(f"{self._thread.name} is shutting down")
+            if self._count >= self._max_pending:
+                steps.close()
+                raise Overloaded(f"{self._thread.name} queue is full ({self._max_pending} calls)")
+            self._count += 1
+            self._incoming.append(task)
+            self._cond.notify()
+        try:
+            result: T = await task.future
+            return result
+        finally:
+            task.future.cancel()  # no-op when done; the thread then drops the task
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Stop taking work, fail what is queued or running, wait for the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, timeout_s)
+        if self._thread.is_alive():
+            log.warning("worker thread did not stop name=%s", self._thread.name)
+
+    # ----- worker thread -----
+
+    def _admit(self) -> bool:
+        """Move submitted tasks into the round set; False once closed."""
+        with self._cond:
+            while not self._incoming and not self._active and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                leftovers = [*self._active, *self._incoming]
+                self._active, self._incoming = [], deque()
+                self._count = 0
+            else:
+                self._active.extend(self._incoming)
+                self._incoming.clear()
+                return True
+        for task in leftovers:
+            task.steps.close()
+            self._resolve(task, None, WorkerClosed(f"{self._thread.name} shut down"), counted=False)
+        return False
+
+    def _run_thread(self) -> None:
+        while self._admit():
+            for task in [t for t in self._active if not t.started]:
+                task.started = True
+                self._advance(task, None)
+            self._active = [t for t in self._active if self._keep(t)]
+            if self._active:
+                self._run_round()
+
+    def _keep(self, task: _Task) -> bool:
+        if not task.done and task.future.cancelled():  # its caller left
+            task.steps.close()
+            self._resolve(task, None, None)
+        return not task.done
+
+    def _run_round(self) -> None:
+        tasks = list(self._active)
+        started = time.perf_counter()
+        try:
+            results = self._round_fn([task.job for task in tasks])
+            if len(results) != len(tasks):
+                raise RuntimeError(f"round returned {len(results)} results for {len(tasks)} jobs")
+        except Exception as exc:  # one failed round fails its tasks, not the loop
+            log.debug("round failed name=%s size=%d", self._thread.name, len(tasks), exc_info=True)
+            for task in tasks:
+                task.steps.close()
+                if not task.done:
+                    self._resolve(task, None, exc)
+            self._active = []
+            return
+        if self._on_round is not None:
+            try:
+                self._on_round(len(tasks), time.perf_counter() - started)
+            except Exception:  # metrics must never break the engine
+                log.exception("on_round observer failed")
+        for task, result in zip(tasks, results, strict=True):
+            self._advance(task, result)
+        self._active = [t for t in self._active if self._keep(t)]
+
+    def _advance(self, task: _Task, value: Any) -> None:
+        """Send ``value``; the task then holds its next job, or is resolved."""
+        try:
+            task.job = task.steps.send(value)
+        except StopIteration as stop:
+            self._resolve(task, stop.value, None)
+        except Exception as exc:  # this call's own error (bad audio, ...)
+            self._resolve(task, None, exc)
+
+    def _resolve(
+        self, task: _Task, result: Any, error: BaseException | None, counted: bool = True
+    ) -> None:
+        task.done = True
+        if counted:
+            with self._cond:
+                self._count -= 1
+        try:
+            task.loop.call_soon_threadsafe(_settle, task.future, result, error)
+        except RuntimeError:  # the caller's loop is closed
+            pass

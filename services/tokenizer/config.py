@@ -25,7 +25,16 @@ class TokenizerSettings(BaseServiceSettings):
     device: str = Field("cpu", description="Paraformer (and ONNX, if CUDA) device: cpu, cuda.")
     engine_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads.")
     engine_workers: int = Field(
-        1, ge=1, le=64, description="Threads running tokenizer work; streams share them."
+        1,
+        ge=1,
+        le=64,
+        description="Batching loops (threads) running tokenizer work; streams share them. "
+        "One per device on a GPU.",
+    )
+    semantic_batch: bool = Field(
+        True,
+        description="Run the vq06 windows of a round as one stacked ONNX call when the model "
+        "allows it (checked at load; else one call per window).",
     )
     max_streams: int = Field(64, ge=1, le=4096, description="Concurrent TokenizeStream calls.")
     max_chunk_ms: int = Field(

@@ -2,18 +2,21 @@
 
 The engine is ``AudioTokenizer`` itself (services/models/audio_tokenizer): stateless and shared;
 each ``TokenizeStream`` call owns one ``AudioTokenizerStream``. Every model call (a stream's
-``feed``/``finish``, a whole-clip ``tokenize``) runs on one of ``engine_workers`` threads behind
-a bounded queue, never on the event loop. A stream awaits each feed before reading its next
-chunk, so it has at most one call queued and its calls run in order.
+``feed``/``finish``, a whole-clip ``tokenize``) is a step generator run by a ``RoundLoop``
+thread (``engine_workers`` of them; one per device on a GPU): each round runs the Paraformer
+chunks of all active calls as one batch and their vq06 windows in one pass
+(audio_tokenizer/batching.py), never on the event loop. A stream awaits each feed before
+reading its next chunk, so it has at most one call queued and its calls run in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -30,8 +33,9 @@ from services.common.errors import (
 )
 from services.common.grpc_server import StreamAdmission
 from services.common.metrics import ServiceMetrics
-from services.common.worker import EngineWorker, WorkerClosed
+from services.common.worker import RoundLoop, StepObserver, WorkerClosed
 from services.models.audio_tokenizer import AudioTokenizer, AudioTokenizerStream
+from services.models.audio_tokenizer.batching import Steps, run_round
 from services.tokenizer.config import TokenizerSettings
 
 log = logging.getLogger(__name__)
@@ -41,32 +45,44 @@ TOKENIZER_SERVICE_NAME: str = tokenizer_pb2.DESCRIPTOR.services_by_name[
 ].full_name
 # compute seconds per audio second: 0.01 (GPU) .. 10 (badly overloaded CPU)
 REALTIME_FACTOR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
+ROUND_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WARMUP_SECONDS = 1.0
 T = TypeVar("T")
 
 
-class WorkerPool:
-    """``size`` EngineWorkers; each call goes to the one with the shortest queue."""
+class LoopPool:
+    """``size`` RoundLoops over one tokenizer; each call goes to the least busy loop."""
 
-    def __init__(self, name: str, size: int, max_queue: int) -> None:
-        self._workers = [EngineWorker(f"{name}-{i}", max_queue) for i in range(size)]
+    def __init__(
+        self, tokenizer: AudioTokenizer, size: int, max_pending: int, on_round: StepObserver
+    ) -> None:
+        self._loops = [
+            RoundLoop(
+                functools.partial(run_round, tokenizer),
+                max_pending=max_pending,
+                name=f"tokenizer-{i}",
+                on_round=on_round,
+            )
+            for i in range(size)
+        ]
 
     def start(self) -> None:
-        for worker in self._workers:
-            worker.start()
+        for loop in self._loops:
+            loop.start()
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        worker = min(self._workers, key=lambda w: w.pending)
-        return await worker.run(fn, *args, **kwargs)
+    async def run(self, steps: Steps[T]) -> T:
+        loop = min(self._loops, key=lambda candidate: candidate.pending)
+        return await loop.run(steps)
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(worker.aclose() for worker in self._workers))
+        await asyncio.gather(*(loop.aclose() for loop in self._loops))
 
 
-def _timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
-    """Runs on a worker thread: the result and its compute time (queue wait excluded)."""
+def _timed(steps: Steps[T]) -> Steps[tuple[T, float]]:
+    """A step generator's result and its loop time (first resume to return: its own code and
+    the rounds it took part in, shared with the other calls of those rounds)."""
     started = time.perf_counter()
-    result = fn(*args, **kwargs)
+    result = yield from steps
     return result, time.perf_counter() - started
 
 
@@ -87,7 +103,9 @@ class TokenizerService:
             "TokenizeStream half-close to its final response (latency left at end of speech).",
         )
         self.feed_seconds = self.metrics.histogram(
-            "feed", "Compute time of one model call (a stream feed/finish or a whole clip)."
+            "feed",
+            "Loop time of one model call (a stream feed/finish or a whole clip), batched "
+            "with the other calls of its rounds.",
         )
         self.realtime_factor = self.metrics.histogram(
             "realtime_factor",
@@ -99,8 +117,14 @@ class TokenizerService:
         self.admission = StreamAdmission(
             self.metrics, settings.max_streams, settings.max_stream_s, "tokenizer"
         )
+        self.round_size = self.metrics.histogram(
+            "round",
+            "Model jobs (encoder chunks + vq06 windows of all streams) run in one round.",
+            unit="jobs",
+            buckets=ROUND_BUCKETS,
+        )
         self.tokenizer: AudioTokenizer | None = None
-        self.workers: WorkerPool | None = None
+        self.workers: LoopPool | None = None
 
     @property
     def active_streams(self) -> int:
@@ -116,11 +140,14 @@ class TokenizerService:
             s.tokenizer_path,
             num_threads=s.engine_threads,
             device=s.device,
+            semantic_batch=s.semantic_batch,
         )
         # The first model call pays seconds of one-off initialisation; pay it before SERVING.
         noise = np.random.default_rng(0).uniform(-0.1, 0.1, int(16_000 * WARMUP_SECONDS))
         await asyncio.to_thread(self.tokenizer.tokenize, noise.astype(np.float32), 16_000)
-        self.workers = WorkerPool("tokenizer", s.engine_workers, s.engine_queue_size)
+        self.workers = LoopPool(
+            self.tokenizer, s.engine_workers, s.engine_queue_size, self._observe_round
+        )
         self.workers.start()
         log.info("tokenizer loaded path=%s workers=%d", s.tokenizer_path, s.engine_workers)
 
@@ -128,11 +155,15 @@ class TokenizerService:
         if self.workers is not None:
             await self.workers.aclose()
 
-    async def compute(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> tuple[T, float]:
-        """Run a model call on a worker thread; returns (result, compute seconds)."""
+    def _observe_round(self, jobs: int, _seconds: float) -> None:
+        self.round_size.observe(jobs)
+
+    async def compute(self, steps: Steps[T]) -> tuple[T, float]:
+        """Run a model call (a step generator) in a batching loop; (result, loop seconds)."""
         if self.workers is None:
+            steps.close()
             raise WorkerClosed("the tokenizer is not running")
-        result, seconds = await self.workers.run(_timed, fn, *args, **kwargs)
+        result, seconds = await self.workers.run(_timed(steps))
         self.feed_seconds.observe(seconds)
         return result, seconds
 
@@ -182,7 +213,7 @@ class TokenizeStreamSession:
             )
         if samples.size == 0:
             return []
-        return await self._compute(stream.feed, samples)
+        return await self._compute(stream.feed_steps(samples))
 
     def _open(self, rate: int) -> AudioTokenizerStream:
         if self._stream is None:
@@ -198,10 +229,10 @@ class TokenizeStreamSession:
     async def _on_end(self) -> list[int]:
         if self._stream is None:  # half-closed before any audio
             return []
-        return await self._compute(self._stream.finish)
+        return await self._compute(self._stream.finish_steps())
 
-    async def _compute(self, fn: Callable[..., list[int]], *args: Any) -> list[int]:
-        ids, seconds = await self._service.compute(fn, *args)
+    async def _compute(self, steps: Steps[list[int]]) -> list[int]:
+        ids, seconds = await self._service.compute(steps)
         self._compute_seconds += seconds
         return ids
 
@@ -233,7 +264,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
                 raise AudioError("empty_audio", "audio is empty")
             assert service.tokenizer is not None
             ids, seconds = await service.compute(
-                service.tokenizer.tokenize, samples, rate, trim=request.trim_silence
+                service.tokenizer.tokenize_steps(samples, rate, trim=request.trim_silence)
             )
         except Exception as exc:
             service.metrics.record_error(error_code_of(exc))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, MiB
@@ -16,6 +16,32 @@ from services.models.token2wav.controls import DEFAULT_N_TIMESTEPS
 from services.models.token2wav.model import MAX_PROMPT_SECONDS
 
 _STREAM = StreamOptions()
+
+
+class VocoderSettings(BaseModel):
+    """The batched token2wav loop (one per device; services/tts/vocoder_loop.py), nested as
+    ``vocoder`` (``TTS_VOCODER__<FIELD>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_streams: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Streams one device's vocoder decodes together; more are refused "
+        "(RESOURCE_EXHAUSTED) before any work. GPU value pending measurement (docs/benchmarks.md).",
+    )
+    max_undelivered: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Audio chunks a stream may hold unread by its client before the loop skips it.",
+    )
+    compile: bool = Field(
+        False,
+        description="token2wav GPU fast path (Token2Wav.compile_for_gpu: padded, bucketed flow "
+        "as CUDA graphs, HiFT graphs); graphs are captured on first use of each shape.",
+    )
 
 
 class TtsSettings(BaseServiceSettings):
@@ -101,6 +127,9 @@ class TtsSettings(BaseServiceSettings):
         description="Longest RegisterVoice prompt audio (s).",
     )
     max_streams: int = Field(32, ge=1, le=4096, description="Concurrent Synthesize + Vocode calls.")
+    vocoder: VocoderSettings = Field(
+        default_factory=VocoderSettings, description="Batched vocoder loop (per device)."
+    )
     max_request_s: float = Field(
         300, ge=1, le=86_400, description="Lifetime cap of one Synthesize/Vocode call (s)."
     )

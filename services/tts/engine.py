@@ -10,26 +10,27 @@ user voices use clone mode (no name), as upstream does for cloned speakers.
 ``TtsEngine.vocode`` decodes audio ids that a client streams in (an end-to-end LLM's output).
 
 Work off the event loop: the LM runs on its own engine thread (``AsyncLlmEngine``; or vLLM),
-every token2wav call runs on one vocoder worker thread behind a bounded queue, and voice
-preparation (audio tokenizer + speaker features + the file write) on a second worker, so a
-registration never stalls streaming audio.
+token2wav on the device's ``VocoderLoop`` thread (vocoder_loop.py: every active stream's due
+chunks decoded together each tick; admission of at most ``vocoder.max_streams`` streams), and
+voice preparation (audio tokenizer + speaker features + the file write) on a worker thread, so
+a registration never stalls streaming audio. Per request, a feeder task moves the LM's ids into
+the vocoder stream while the request's iterator yields the audio that comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from services.common.audio import AudioError, StreamResampler, as_float_mono, check_sample_rate
+from services.common.audio import AudioError, as_float_mono, check_sample_rate
 from services.common.worker import EngineWorker
 from services.lm_engine.engine import (
     AsyncLlmEngine,
@@ -54,6 +55,7 @@ from services.models.token2wav import (
 )
 from services.models.token2wav.controls import check_controls
 from services.tts.config import TtsSettings
+from services.tts.vocoder_loop import VocoderLoop, VocoderStream
 from services.tts.voices import Voice, VoiceError, VoiceRegistry, check_prompt_text
 
 log = logging.getLogger(__name__)
@@ -171,43 +173,48 @@ def check_audio_ids(ids: Sequence[int]) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
-    """Runs on a worker thread: the result and its compute time (queue wait excluded)."""
-    started = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - started
+@dataclass(frozen=True)
+class _VocoderPlan:
+    """How to open one utterance's stream in the vocoder loop."""
+
+    model: Token2Wav
+    open_stream: Callable[[], Token2WavStream]  # called on the loop thread
+    output_hz: int
 
 
-class _VocoderSession:
-    """One utterance's token2wav stream + output resampler; used on the vocoder thread only.
+class _FeedState:
+    """What the feeder task learnt from the LM (read by the consumer when it yields)."""
 
-    The stream is made by the first call, on that thread, so that a request does not wait for
-    the vocoder queue before its LM generation starts.
-    """
+    def __init__(self) -> None:
+        self.ids: list[int] = []  # every audio id handed to the vocoder, in order
+        self.dropped = 0  # non-audio ids not yet reported
+        self.finish_reason: str | None = None
 
-    def __init__(
-        self, open_stream: Callable[[], Token2WavStream], native_hz: int, output_hz: int
-    ) -> None:
-        self._open_stream = open_stream
-        self._stream: Token2WavStream | None = None
-        self.output_hz = output_hz
-        self.resampler = StreamResampler(native_hz, output_hz)
+    def take_dropped(self) -> int:
+        dropped, self.dropped = self.dropped, 0
+        return dropped
 
-    @property
-    def stream(self) -> Token2WavStream:
-        if self._stream is None:
-            self._stream = self._open_stream()
-        return self._stream
 
-    def feed(self, ids: list[int]) -> np.ndarray:
-        codes = [i - AUDIO_ID_OFFSET for i in ids]
-        return self.resampler.process(self.stream.feed(codes))
+async def _feed(stream: VocoderStream, batches: AsyncIterator[_IdBatch], state: _FeedState) -> None:
+    """The feeder task: LM (or Vocode) ids → whole groups → the vocoder stream; an error
+    (bad ids, LM failure) ends the stream and reaches the consumer."""
+    groups = GroupBuffer()
+    try:
+        async for batch in batches:
+            state.dropped += batch.dropped
+            state.finish_reason = batch.finish_reason or state.finish_reason
+            whole = groups.push(batch.ids)
+            state.ids += whole
+            await stream.push([i - AUDIO_ID_OFFSET for i in whole])
+        rest = groups.rest()
+        state.ids += rest
+        await stream.finish([i - AUDIO_ID_OFFSET for i in rest])
+    except Exception as exc:
+        stream.abort(exc)
 
-    def finish(self, ids: list[int]) -> np.ndarray:
-        codes = [i - AUDIO_ID_OFFSET for i in ids]
-        head = self.stream.feed(codes) if codes else np.zeros(0, np.float32)
-        audio = np.concatenate([head, self.stream.finish()])
-        return self.resampler.process(audio, last=True)
+
+async def _once(item: T) -> AsyncIterator[T]:
+    yield item
 
 
 # ----- loading -------------------------------------------------------------------------------
@@ -288,9 +295,12 @@ class TtsModels:
         audio_tokenizer = AudioTokenizer.from_pretrained(
             layout.tokenizer_dir(root), num_threads=settings.tokenizer_threads, device=device
         )
-        vocoder = Token2Wav.from_pretrained(layout.vocoder_dir(root), device=device, dtype=dtype)
+        accel = settings.vocoder.compile
+        vocoder = Token2Wav.from_pretrained(
+            layout.vocoder_dir(root), device=device, dtype=dtype, compile=accel
+        )
         music = Token2Wav.from_pretrained(
-            layout.vocoder_dir(root, music=True), device=device, dtype=dtype
+            layout.vocoder_dir(root, music=True), device=device, dtype=dtype, compile=accel
         )
         mel = vocoder.config.feat_extractor
         voices = VoiceRegistry(
@@ -323,12 +333,18 @@ class TtsEngine:
         models: TtsModels,
         settings: TtsSettings,
         *,
-        on_vocoder_call: Callable[[float], None] | None = None,
+        on_vocoder_step: Callable[[int, float], None] | None = None,
     ) -> None:
         self.models = models
         self.settings = settings
-        self.on_vocoder_call = on_vocoder_call  # token2wav call seconds → metrics (on the loop)
-        self._vocoder_worker = EngineWorker("tts-vocoder", settings.engine_queue_size)
+        stream = settings.stream_options()
+        # (streams, seconds) of each batched token2wav step; called on the vocoder thread
+        self.vocoder_loop = VocoderLoop(
+            max_streams=settings.vocoder.max_streams,
+            max_inbox_codes=stream.max_hop_tokens + stream.overlap_tokens,
+            max_undelivered=settings.vocoder.max_undelivered,
+            on_step=on_vocoder_step,
+        )
         self._voice_worker = EngineWorker("tts-voices", VOICE_QUEUE)
         self._voice_lock = asyncio.Lock()  # check-then-write of one voice at a time
 
@@ -342,11 +358,11 @@ class TtsEngine:
 
     async def start(self) -> None:
         await self.models.lm.start()
-        self._vocoder_worker.start()
+        self.vocoder_loop.start()
         self._voice_worker.start()
 
     async def close(self) -> None:
-        await self._vocoder_worker.aclose()
+        await self.vocoder_loop.aclose()
         await self._voice_worker.aclose()
         await self.models.lm.close()
 
@@ -366,9 +382,10 @@ class TtsEngine:
         options = SynthesisOptions(seed=0).checked(self.sample_rate_hz)
         ids = voice.prompt_ids[:WARMUP_IDS]
         for vocoder in (self.models.vocoder, self.models.music_vocoder):
-            session = self._session(vocoder, voice, options)
-            await self._vocoder_worker.run(session.feed, ids)
-            await self._vocoder_worker.run(session.finish, [])
+            plan = self._vocoder_plan(vocoder, voice, options)
+            async with aclosing(self._decode(plan, _once(_IdBatch(ids)))) as pieces:
+                async for _ in pieces:
+                    pass
 
     # -- synthesis -----------------------------------------------------------------------------
 
@@ -416,10 +433,10 @@ class TtsEngine:
             request_id, lm_request.request_id, plan.prompt_voice.name, plan.music,
             len(plan.prompt_ids),
         )  # fmt: skip
-        session = self._session(plan.vocoder, plan.prompt_voice, options)
+        vocoder = self._vocoder_plan(plan.vocoder, plan.prompt_voice, options)
         async with (
             aclosing(self._lm_audio(lm_request)) as batches,
-            aclosing(self._decode(session, batches)) as pieces,
+            aclosing(self._decode(vocoder, batches)) as pieces,
         ):
             async for piece in pieces:
                 yield piece
@@ -468,10 +485,10 @@ class TtsEngine:
         """
         options = options.checked(self.sample_rate_hz)
         voice = self.voice(voice_name)
-        session = self._session(self.models.vocoder, voice, options)
+        plan = self._vocoder_plan(self.models.vocoder, voice, options)
         async with (
             aclosing(self._checked_batches(batches)) as checked,
-            aclosing(self._decode(session, checked)) as pieces,
+            aclosing(self._decode(plan, checked)) as pieces,
         ):
             async for piece in pieces:
                 yield piece
@@ -488,30 +505,40 @@ class TtsEngine:
             yield _IdBatch(checked)
 
     async def _decode(
-        self, session: _VocoderSession, batches: AsyncIterator[_IdBatch]
+        self, plan: _VocoderPlan, batches: AsyncIterator[_IdBatch]
     ) -> AsyncGenerator[AudioPiece, None]:
-        rate = session.output_hz
-        groups = GroupBuffer()
-        fed: list[int] = []  # ids fed since the last piece
-        dropped, reason = 0, None
-        async for batch in batches:
-            dropped += batch.dropped
-            reason = batch.finish_reason or reason
-            whole = groups.push(batch.ids)
-            if not whole:
-                continue
-            samples = await self._vocoder_call(session.feed, whole)
-            fed += whole
-            if samples.size:
-                yield AudioPiece(samples, rate, fed, dropped_ids=dropped)
-                fed, dropped = [], 0
-        rest = groups.rest()
-        samples = await self._vocoder_call(session.finish, rest)
-        yield AudioPiece(samples, rate, fed + rest, True, dropped, reason)
+        """Stream ids into the vocoder loop (a feeder task, whole groups as they complete)
+        while yielding its audio; admission happens here, before the first id is read."""
+        stream = self.vocoder_loop.open(plan.model, plan.open_stream, plan.output_hz)
+        state = _FeedState()
+        feeder = asyncio.create_task(_feed(stream, batches, state))
+        try:
+            reported = 0  # ids already attached to a piece
+            while True:
+                output = await stream.get()
+                if not (output.samples.size or output.final):
+                    continue
+                ids, reported = state.ids[reported : output.codes_used], output.codes_used
+                if output.final:
+                    yield AudioPiece(
+                        output.samples,
+                        plan.output_hz,
+                        ids,
+                        True,
+                        state.take_dropped(),
+                        state.finish_reason,
+                    )
+                    return
+                dropped = state.take_dropped()
+                yield AudioPiece(output.samples, plan.output_hz, ids, dropped_ids=dropped)
+        finally:
+            stream.close()
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
 
-    def _session(
+    def _vocoder_plan(
         self, vocoder: Token2Wav, voice: Voice, options: SynthesisOptions
-    ) -> _VocoderSession:
+    ) -> _VocoderPlan:
         stream_options = replace(
             self.settings.stream_options(), speed=options.speed, volume=options.volume
         )
@@ -522,15 +549,7 @@ class TtsEngine:
         def open_stream() -> Token2WavStream:
             return vocoder.stream(voice.prompt, generator=generator, **asdict(stream_options))
 
-        return _VocoderSession(open_stream, vocoder.sample_rate_hz, options.output_sample_rate_hz)
-
-    async def _vocoder_call(
-        self, fn: Callable[[list[int]], np.ndarray], ids: list[int]
-    ) -> np.ndarray:
-        samples, seconds = await self._vocoder_worker.run(_timed, fn, ids)
-        if self.on_vocoder_call is not None:
-            self.on_vocoder_call(seconds)
-        return samples
+        return _VocoderPlan(vocoder, open_stream, options.output_sample_rate_hz)
 
     # -- voices --------------------------------------------------------------------------------
 

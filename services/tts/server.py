@@ -43,6 +43,7 @@ TTS_SERVICE_NAME: str = tts_pb2.DESCRIPTOR.services_by_name["TtsService"].full_n
 MAX_REQUEST_ID_CHARS = 128
 # wall seconds per audio second of a whole request: 0.05 (GPU) .. 10 (overloaded CPU)
 REALTIME_FACTOR_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+VOCODER_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CANCELLED = "cancelled"
 ERROR = "error"
 
@@ -86,7 +87,15 @@ class TtsService:
             unit="",
             buckets=REALTIME_FACTOR_BUCKETS,
         )
-        self.vocoder_seconds = m.histogram("vocoder", "Compute time of one token2wav call.")
+        self.vocoder_seconds = m.histogram(
+            "vocoder", "Compute time of one batched token2wav step (all streams of the tick)."
+        )
+        self.vocoder_batch = m.histogram(
+            "vocoder_batch",
+            "Streams decoded together in one token2wav step.",
+            unit="streams",
+            buckets=VOCODER_BATCH_BUCKETS,
+        )
         self.requests = m.counter(
             "requests", "Finished Synthesize/Vocode calls by reason.", ["reason"]
         )
@@ -102,7 +111,7 @@ class TtsService:
 
     async def start(self) -> None:
         models = await asyncio.to_thread(TtsModels.load, self.settings)
-        engine = TtsEngine(models, self.settings, on_vocoder_call=self.vocoder_seconds.observe)
+        engine = TtsEngine(models, self.settings, on_vocoder_step=self._observe_vocoder_step)
         self.engine = engine  # from here on stop() closes it, also after a failed start
         await engine.start()
         if self.settings.warm_up:
@@ -112,6 +121,10 @@ class TtsService:
         self.ready = True
         names = [voice.name for voice in engine.list_voices()]
         log.info("tts ready engine=%s voices=%s", models.lm.engine_name, names)
+
+    def _observe_vocoder_step(self, streams: int, seconds: float) -> None:
+        self.vocoder_seconds.observe(seconds)
+        self.vocoder_batch.observe(streams)
 
     async def stop(self) -> None:
         if self.engine is not None:

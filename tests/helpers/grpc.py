@@ -23,6 +23,7 @@ from services.common.audio import decode_audio_file, float_to_pcm16
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import GrpcService, ServerHandle, serve
 from services.common.settings import BaseServiceSettings, GrpcClientSettings
+from tests.helpers.waits import eventually as eventually  # re-exported for the service tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_QUESTION_WAV = REPO_ROOT / "services/models/tiny/assets/demo_question.wav"

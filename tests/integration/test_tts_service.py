@@ -320,3 +320,35 @@ async def test_too_many_streams_is_resource_exhausted(tiny_pack: Path, tmp_path:
         assert code_from_rpc_error(error) == "overloaded"
         await held.done_writing()
         assert [r.final async for r in held] == [True]
+
+
+async def test_a_full_vocoder_refuses_before_any_work(tiny_pack: Path, tmp_path: Path) -> None:
+    # room for 4 calls, but one stream per device in the batched vocoder
+    settings = tts_settings(tiny_pack, tmp_path, max_streams=4, vocoder={"max_streams": 1})
+    async with running_service(TtsService(settings), settings) as running:
+        engine = service_of(running).require_engine()
+        held = stub(running).Vocode(timeout=60)
+        await held.initial_metadata()
+        await held.write(vocode_requests([])[0])  # config: the engine admits the stream
+        await eventually(lambda: engine.vocoder_loop.active == 1)
+
+        refused = stub(running).Vocode(timeout=60)
+        await refused.write(vocode_requests([])[0])  # refused once the config is read
+        assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "vocoder is full" in await refused.details()
+        lm = engine.models.lm
+        assert isinstance(lm, AsyncLlmEngine)
+        error = await expect_error(synthesize(running, seed=1))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert lm.engine.num_running == 0 and not lm.engine.has_work()  # the LM never started
+        assert metric(running, "stepaudio_tts_errors_total", code="overloaded") == 2
+
+        ids = audio_ids(60)
+        await held.write(vocode_requests([ids])[1])
+        await held.done_writing()
+        replies = [reply async for reply in held]
+        assert ids_of(replies) == ids and replies[-1].final
+        await eventually(lambda: engine.vocoder_loop.active == 0)
+        replies = await synthesize(running, seed=1)  # the place is free again
+        assert replies[-1].final and pcm16(replies).size
+        assert metric(running, "stepaudio_tts_vocoder_batch_streams_count") > 0

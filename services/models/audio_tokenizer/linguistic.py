@@ -8,6 +8,7 @@ stream fed the same waveform produces the same codes bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from services.models.audio_tokenizer import checkpoint, sanm
+from services.models.audio_tokenizer.batching import EncoderJob, drive
 from services.models.audio_tokenizer.config import ParaformerConfig, load_paraformer_config
 from services.models.audio_tokenizer.frontend import FrontendState, ParaformerFrontend
 from services.models.audio_tokens import LINGUISTIC_CODES
@@ -67,12 +69,26 @@ class LinguisticTokenizer:
         self, state: LinguisticState, samples: np.ndarray, *, is_final: bool
     ) -> list[int]:
         """Codes for one stride (<= 3 840 samples of 16 kHz audio, already normalised)."""
+        return drive(self.encode_chunk_steps(state, samples, is_final=is_final), self._encode_one)
+
+    def encode_chunk_steps(
+        self, state: LinguisticState, samples: np.ndarray, *, is_final: bool
+    ) -> Generator[EncoderJob, list[int], list[int]]:
+        """`encode_chunk` as a step generator (batching.py): yields the encoder job."""
         features = self.frontend.process(state.frontend, samples, is_final=is_final)
         if len(features) == 0:
             return []
-        batch = torch.from_numpy(features)[None].to(self.device)
-        frames = self.encoder.forward_chunk(batch, state.encoder)[0]
-        return self.quantize(frames)
+        codes = yield EncoderJob(state.encoder, features)
+        return codes
+
+    def encode_jobs(self, jobs: Sequence[EncoderJob]) -> list[list[int]]:
+        """Encoder chunks of many streams in stacked batches; codes per job."""
+        features = [torch.from_numpy(job.features)[None].to(self.device) for job in jobs]
+        frames = self.encoder.forward_chunks(features, [job.state for job in jobs])
+        return [self.quantize(f[0]) for f in frames]
+
+    def _encode_one(self, job: EncoderJob) -> list[int]:
+        return self.encode_jobs([job])[0]
 
     def quantize(self, frames: torch.Tensor) -> list[int]:
         """Nearest centroid by Euclidean distance (upstream: CPU fp32 torch.cdist + argmin)."""
@@ -82,13 +98,17 @@ class LinguisticTokenizer:
 
     def tokenize(self, samples: np.ndarray) -> list[int]:
         """All codes of a whole clip: full strides, then the remainder as the final stride."""
+        return drive(self.tokenize_steps(samples), self._encode_one)
+
+    def tokenize_steps(self, samples: np.ndarray) -> Generator[EncoderJob, list[int], list[int]]:
+        """`tokenize` as a step generator."""
         state = self.new_state()
         codes: list[int] = []
         full_strides = len(samples) // CHUNK_SAMPLES
         for index in range(full_strides):
             chunk = samples[index * CHUNK_SAMPLES : (index + 1) * CHUNK_SAMPLES]
-            codes += self.encode_chunk(state, chunk, is_final=False)
+            codes += yield from self.encode_chunk_steps(state, chunk, is_final=False)
         remainder = samples[full_strides * CHUNK_SAMPLES :]
         if len(remainder):
-            codes += self.encode_chunk(state, remainder, is_final=True)
+            codes += yield from self.encode_chunk_steps(state, remainder, is_final=True)
         return codes

@@ -13,6 +13,7 @@ its last 5 frames and keeps the last look_back * 4 = 16 of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -152,14 +153,51 @@ class SanmEncoder(nn.Module):
     @torch.inference_mode()
     def forward_chunk(self, features: torch.Tensor, state: EncoderState) -> torch.Tensor:
         """(1, n, input_size) new LFR frames -> (1, n, output_size) encoder outputs."""
-        new_frames = features.shape[1]
-        x = self._position_encode(features * self.config.output_size**0.5, state)
-        x = self._prepend_overlap(x, state)
+        return self.forward_chunks([features], [state])[0]
+
+    @torch.inference_mode()
+    def forward_chunks(
+        self, features: Sequence[torch.Tensor], states: Sequence[EncoderState]
+    ) -> list[torch.Tensor]:
+        """One chunk each of many streams: (1, n_i, input_size) -> (1, n_i, output_size).
+
+        Streams whose windows have the same shape (new frames, cached frames) run as one
+        batch; nothing is padded, so each gets what `forward_chunk` alone gives it (rows of a
+        batched matmul, up to the BLAS kernel's summation order). In a steady stream every
+        chunk is 4 frames with a full cache, so all such streams share one call.
+        """
+        if len(features) != len(states):
+            raise ValueError("forward_chunks needs one state per chunk")
+        out: list[torch.Tensor | None] = [None] * len(features)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (chunk, state) in enumerate(zip(features, states, strict=True)):
+            groups.setdefault((chunk.shape[1], _cached_frames(state)), []).append(i)
+        for members in groups.values():
+            outputs = self._forward_group(
+                [features[i] for i in members], [states[i] for i in members]
+            )
+            for i, output in zip(members, outputs, strict=True):
+                out[i] = output
+        return [o for o in out if o is not None]
+
+    def _forward_group(
+        self, features: Sequence[torch.Tensor], states: Sequence[EncoderState]
+    ) -> list[torch.Tensor]:
+        """Chunks with equal shapes: stack the per-stream states, run, split them back."""
+        new_frames = features[0].shape[1]
+        scale = self.config.output_size**0.5
+        x = torch.cat(
+            [self._position_encode(f * scale, s) for f, s in zip(features, states, strict=True)]
+        )
+        batch = _stack_states(states, len(self.encoders0) + len(self.encoders))
+        x = self._prepend_overlap(x, batch)
         for index, layer in enumerate([*self.encoders0, *self.encoders]):
-            x, state.layers[index] = layer.forward_chunk(x, state.layers[index])
+            x, batch.layers[index] = layer.forward_chunk(x, batch.layers[index])
         if self.after_norm is not None:
             x = self.after_norm(x)
-        return x[:, x.shape[1] - new_frames :]
+        _split_states(batch, states)
+        x = x[:, x.shape[1] - new_frames :]
+        return [x[i : i + 1] for i in range(len(states))]
 
     @staticmethod
     def _position_encode(x: torch.Tensor, state: EncoderState) -> torch.Tensor:
@@ -182,6 +220,42 @@ class SanmEncoder(nn.Module):
         window = torch.cat((state.overlap, x), dim=1)
         state.overlap = window[:, -overlap_frames:]
         return window
+
+
+def _cached_frames(state: EncoderState) -> int:
+    """Frames of k/v cache a state holds (-1 before its first chunk, no overlap either)."""
+    if state.overlap is None:
+        return -1
+    first = state.layers[0] if state.layers else None
+    return 0 if first is None else int(first.key.shape[2])
+
+
+def _stack_states(states: Sequence[EncoderState], n_layers: int) -> EncoderState:
+    """One batched state from states of equal shapes (a single state is used as it is)."""
+    if len(states) == 1:
+        state = states[0]
+        return EncoderState(state.start_index, state.overlap, list(state.layers))
+    overlap = None if states[0].overlap is None else torch.cat([s.overlap for s in states])  # type: ignore[misc]
+    layers: list[LayerCache | None] = []
+    for index in range(n_layers):
+        caches = [s.layers[index] for s in states]
+        if caches[0] is None:
+            layers.append(None)
+        else:
+            key = torch.cat([c.key for c in caches])  # type: ignore[union-attr]
+            value = torch.cat([c.value for c in caches])  # type: ignore[union-attr]
+            layers.append(LayerCache(key, value))
+    return EncoderState(0, overlap, layers)
+
+
+def _split_states(batch: EncoderState, states: Sequence[EncoderState]) -> None:
+    """Write row i of the batched overlap and caches back into ``states[i]``."""
+    for i, state in enumerate(states):
+        row = slice(i, i + 1)
+        state.overlap = None if batch.overlap is None else batch.overlap[row]
+        state.layers = [
+            None if c is None else LayerCache(c.key[row], c.value[row]) for c in batch.layers
+        ]
 
 
 def expected_shapes(config: EncoderConfig) -> dict[str, torch.Size]:

@@ -13,6 +13,8 @@ multiples of 4 frames (one code) and never cross a 30 s piece boundary.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +22,11 @@ import numpy as np
 import onnxruntime as ort
 
 from services.models.audio_tokenizer import whisper_mel
+from services.models.audio_tokenizer.batching import SemanticJob, drive
 from services.models.audio_tokenizer.errors import CheckpointError, require_file
 from services.models.audio_tokens import SEMANTIC_CODES
+
+log = logging.getLogger(__name__)
 
 PIECE_SAMPLES = 30 * whisper_mel.SAMPLE_RATE_HZ
 MIN_PIECE_SAMPLES = 480  # shorter trailing pieces are dropped by the reference
@@ -41,17 +46,41 @@ class SemanticStreamOptions:
             raise ValueError("hop_codes >= 1, context_codes >= 0 and lookahead_codes >= 0")
 
 
+@dataclass(frozen=True)
+class BatchRunner:
+    """A second session of the same model whose batch axis is open (see `batch_runner`):
+    stacked windows of equal length, with the length input per window or one for all."""
+
+    session: ort.InferenceSession
+    length_per_window: bool
+
+    def run(self, mels: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        """(B, N_MELS, T) → (B, codes)."""
+        inputs = self.session.get_inputs()
+        count = len(mels) if self.length_per_window else 1
+        feeds = {
+            inputs[0].name: np.ascontiguousarray(mels, dtype=np.float32),
+            inputs[1].name: np.full(count, mels.shape[2], dtype=np.int32),
+        }
+        output = self.session.run(None, feeds, run_options)[0]
+        return np.asarray(output).reshape(len(mels), -1)
+
+
 class SemanticTokenizer:
-    def __init__(self, session: ort.InferenceSession, path: Path) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, path: Path, batch: BatchRunner | None = None
+    ) -> None:
         self.session = session
         self.path = path
         inputs = session.get_inputs()
         self._mel_input, self._length_input = inputs[0].name, inputs[1].name
+        self.batch = batch  # None: windows of a round run one call each
 
     @classmethod
     def load(
-        cls, path: Path, *, num_threads: int | None, providers: list[str]
+        cls, path: Path, *, num_threads: int | None, providers: list[str], batch: bool = False
     ) -> SemanticTokenizer:
+        """``batch``: also open a batch session (`batch_runner`) for rounds of many streams."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = num_threads or 1  # the reference uses 1
@@ -63,7 +92,10 @@ class SemanticTokenizer:
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise CheckpointError(path, f"cannot load ONNX model: {exc}") from exc
         _check_signature(session, path)
-        return cls(session, path)
+        tokenizer = cls(session, path)
+        if batch:
+            tokenizer.batch = batch_runner(tokenizer, options, providers)
+        return tokenizer
 
     def codes_for_mel(self, mel: np.ndarray) -> np.ndarray:
         """Codes for a (N_MELS, T) scaled log-mel window."""
@@ -71,18 +103,48 @@ class SemanticTokenizer:
             self._mel_input: np.ascontiguousarray(mel[None], dtype=np.float32),
             self._length_input: np.array([mel.shape[1]], dtype=np.int32),
         }
-        codes = np.asarray(self.session.run(None, feeds)[0]).reshape(-1).astype(np.int64)
+        return self._checked(
+            np.asarray(self.session.run(None, feeds)[0]).reshape(-1).astype(np.int64)
+        )
+
+    def codes_for_mels(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Codes for many windows (of different streams) in one pass: with a batch session,
+        windows of equal length as one stacked call; else one call each."""
+        if self.batch is None:
+            return [self.codes_for_mel(mel) for mel in mels]
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(mels)
+        groups: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            groups.setdefault(mel.shape[1], []).append(i)
+        for members in groups.values():
+            if len(members) == 1:  # the reference session, exactly as alone
+                out[members[0]] = self.codes_for_mel(mels[members[0]])
+                continue
+            codes = self.batch.run(np.stack([mels[i] for i in members]))
+            for i, row in zip(members, codes.astype(np.int64), strict=True):
+                out[i] = self._checked(row)
+        return out
+
+    def _checked(self, codes: np.ndarray) -> np.ndarray:
         if codes.size and (codes.min() < 0 or codes.max() >= SEMANTIC_CODES):
             raise CheckpointError(self.path, f"model produced codes outside [0, {SEMANTIC_CODES})")
         return codes
 
     def tokenize(self, samples: np.ndarray) -> list[int]:
+        return drive(self.tokenize_steps(samples), self._run_one)
+
+    def tokenize_steps(self, samples: np.ndarray) -> Generator[SemanticJob, np.ndarray, list[int]]:
+        """`tokenize` as a step generator (batching.py): one job per 30 s piece."""
         codes: list[int] = []
         for start in range(0, len(samples), PIECE_SAMPLES):
             piece = samples[start : start + PIECE_SAMPLES]
             if len(piece) >= MIN_PIECE_SAMPLES:
-                codes += self.codes_for_mel(whisper_mel.log_mel_spectrogram(piece)).tolist()
+                piece_codes = yield SemanticJob(whisper_mel.log_mel_spectrogram(piece))
+                codes += piece_codes.tolist()
         return codes
+
+    def _run_one(self, job: SemanticJob) -> np.ndarray:
+        return self.codes_for_mel(job.mel)
 
     def stream(self, options: SemanticStreamOptions) -> SemanticStream:
         return SemanticStream(self, options)
@@ -98,6 +160,43 @@ def _check_signature(session: ort.InferenceSession, path: Path) -> None:
         raise CheckpointError(
             path, f"input 0 should be mel (1, {whisper_mel.N_MELS}, T), model says {mel_shape}"
         )
+
+
+def batch_runner(
+    tokenizer: SemanticTokenizer, options: ort.SessionOptions, providers: list[str]
+) -> BatchRunner | None:
+    """The model with its batch axis opened, if stacking windows gives every window exactly
+    the codes of its own call (checked on random windows); else None.
+
+    The released ``speech_tokenizer_v1.onnx`` declares batch 1. Its graph may still compute
+    per row; which length input it wants (one per window, or one for all — windows are
+    stacked only at equal length) is found by trying both.
+    """
+    import onnx  # only needed here
+
+    model = onnx.load(str(tokenizer.path))
+    for value in (*model.graph.input[:2], model.graph.output[0]):
+        shape = value.type.tensor_type.shape
+        if shape.dim:
+            shape.dim[0].dim_param = "batch"
+    probe = np.random.default_rng(0).uniform(-1, 1, (3, whisper_mel.N_MELS, 96)).astype(np.float32)
+    want = np.stack([tokenizer.codes_for_mel(mel) for mel in probe])
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a variant that fails is expected; it raises, no need to log
+    for length_per_window in (True, False):
+        try:
+            session = ort.InferenceSession(
+                model.SerializeToString(), sess_options=options, providers=providers
+            )
+            runner = BatchRunner(session, length_per_window)
+            if np.array_equal(runner.run(probe, quiet).astype(np.int64), want):
+                return runner
+        except Exception:  # onnxruntime's own errors: this variant does not batch
+            continue
+    log.warning(
+        "%s: stacked windows do not reproduce single calls; vq06 runs per window", tokenizer.path
+    )
+    return None
 
 
 class PieceFrames:
@@ -172,26 +271,33 @@ class SemanticStream:
         self.committed = 0  # codes of the current piece already returned
 
     def push(self, samples: np.ndarray) -> list[int]:
+        return drive(self.push_steps(samples), self.tokenizer._run_one)
+
+    def finish(self) -> list[int]:
+        return drive(self.finish_steps(), self.tokenizer._run_one)
+
+    def push_steps(self, samples: np.ndarray) -> Generator[SemanticJob, np.ndarray, list[int]]:
+        """`push` as a step generator (batching.py): one job per model window."""
         codes: list[int] = []
         while len(samples):
             taken = self.piece.append(samples)
             samples = samples[taken:]
-            codes += self._run_windows()
+            codes += yield from self._run_windows()
             if self.piece.complete:
                 self._next_piece()
         return codes
 
-    def finish(self) -> list[int]:
+    def finish_steps(self) -> Generator[SemanticJob, np.ndarray, list[int]]:
         if self.piece.samples < MIN_PIECE_SAMPLES or self.piece.complete:
             return []
         self.piece.close()
-        return self._run_windows()
+        return (yield from self._run_windows())
 
     def _next_piece(self) -> None:
         self.piece = PieceFrames()
         self.committed = 0
 
-    def _run_windows(self) -> list[int]:
+    def _run_windows(self) -> Generator[SemanticJob, np.ndarray, list[int]]:
         codes: list[int] = []
         opts = self.options
         while True:
@@ -204,7 +310,7 @@ class SemanticStream:
                 end, last = step_end, False
             else:
                 return codes
-            new = self._window_codes(end)
+            new = yield from self._window_codes(end)
             if not last and len(new) < opts.hop_codes:
                 raise CheckpointError(
                     self.tokenizer.path,
@@ -217,9 +323,10 @@ class SemanticStream:
             self.committed = total_codes if last else self.committed + len(keep)
             self.piece.forget_before(max(0, self.committed - opts.context_codes) * FRAMES_PER_CODE)
 
-    def _window_codes(self, end_code: int) -> list[int]:
+    def _window_codes(self, end_code: int) -> Generator[SemanticJob, np.ndarray, list[int]]:
         """Run the model on [committed - context, end_code) codes; codes from ``committed`` on."""
         first = max(0, self.committed - self.options.context_codes)
         start, stop = first * FRAMES_PER_CODE, min(end_code * FRAMES_PER_CODE, self.piece.ready)
         mel = whisper_mel.scale_log_mel(self.piece.window(start, stop), self.piece.maximum)
-        return self.tokenizer.codes_for_mel(mel)[self.committed - first :].tolist()
+        codes = yield SemanticJob(mel)
+        return codes[self.committed - first :].tolist()

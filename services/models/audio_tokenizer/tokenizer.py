@@ -19,6 +19,7 @@ import torch
 from services.common.audio import as_float_mono, check_sample_rate
 from services.models import layout
 from services.models.audio_tokenizer import preprocess
+from services.models.audio_tokenizer.batching import Steps, run_alone
 from services.models.audio_tokenizer.errors import CheckpointError
 from services.models.audio_tokenizer.linguistic import CHUNK_SAMPLES, LinguisticTokenizer
 from services.models.audio_tokenizer.semantic import SemanticStreamOptions, SemanticTokenizer
@@ -68,12 +69,15 @@ class AudioTokenizer:
         num_threads: int | None = None,
         device: str = "cpu",
         stream_options: SemanticStreamOptions | None = None,
+        semantic_batch: bool = False,
     ) -> AudioTokenizer:
         """Load ``<root>/Step-Audio-Tokenizer`` (the Hugging Face repo layout).
 
         ``num_threads`` sets ONNX Runtime's intra-op threads (default 1, as upstream); torch's
         thread count is process-wide and left alone. ``device`` ("cpu", "cuda", "cuda:1") places
         the Paraformer encoder, and the ONNX model when onnxruntime has the CUDA provider.
+        ``semantic_batch`` opens a second vq06 session with an open batch axis, used when it
+        reproduces single calls exactly (`semantic.batch_runner`), for batching loops.
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -90,6 +94,7 @@ class AudioTokenizer:
             folder / layout.SEMANTIC_TOKENIZER_FILE,
             num_threads=num_threads,
             providers=_onnx_providers(torch_device),
+            batch=semantic_batch,
         )
         return cls(linguistic, semantic, stream_options)
 
@@ -117,8 +122,35 @@ class AudioTokenizer:
         trim: bool = False,
         normalize: bool = True,
     ) -> TokenizerCodes:
+        return run_alone(
+            self, self.codes_steps(samples, sample_rate_hz, trim=trim, normalize=normalize)
+        )
+
+    def codes_steps(
+        self,
+        samples: np.ndarray,
+        sample_rate_hz: int,
+        *,
+        trim: bool = False,
+        normalize: bool = True,
+    ) -> Steps[TokenizerCodes]:
+        """`codes` as a step generator (batching.py), for a batching loop."""
         audio = self.preprocess(samples, sample_rate_hz, trim=trim, normalize=normalize)
-        return TokenizerCodes(self.linguistic.tokenize(audio), self.semantic.tokenize(audio))
+        linguistic = yield from self.linguistic.tokenize_steps(audio)
+        semantic = yield from self.semantic.tokenize_steps(audio)
+        return TokenizerCodes(linguistic, semantic)
+
+    def tokenize_steps(
+        self,
+        samples: np.ndarray,
+        sample_rate_hz: int,
+        *,
+        trim: bool = False,
+        normalize: bool = True,
+    ) -> Steps[list[int]]:
+        """`tokenize` as a step generator."""
+        codes = yield from self.codes_steps(samples, sample_rate_hz, trim=trim, normalize=normalize)
+        return codes.ids
 
     def tokenize(
         self,
@@ -184,26 +216,35 @@ class AudioTokenizerStream:
 
     def feed(self, samples: np.ndarray) -> list[int]:
         """Take mono audio at the stream's rate (any length); return ids of completed groups."""
+        return run_alone(self._tokenizer, self.feed_steps(samples))
+
+    def finish(self) -> list[int]:
+        """End of speech: process the tail and return the remaining ids (whole groups only)."""
+        return run_alone(self._tokenizer, self.finish_steps())
+
+    def feed_steps(self, samples: np.ndarray) -> Steps[list[int]]:
+        """`feed` as a step generator (batching.py): its model calls batch with other
+        streams' in a loop; resume it from one thread at a time."""
         with self._lock:
             self._check_open()
             audio = as_float_mono(samples, allow_empty=True)
             self._input_samples += len(audio)
             self._receive(self._resample(audio, last=False))
             while len(self._pending) >= CHUNK_SAMPLES:
-                self._process(self._take(CHUNK_SAMPLES), final=False)
+                yield from self._process(self._take(CHUNK_SAMPLES), final=False)
             return self._complete_groups()
 
-    def finish(self) -> list[int]:
-        """End of speech: process the tail and return the remaining ids (whole groups only)."""
+    def finish_steps(self) -> Steps[list[int]]:
+        """`finish` as a step generator."""
         with self._lock:
             self._check_open()
             self._finished = True
             self._receive(self._resample(np.zeros(0, dtype=np.float32), last=True))
             while len(self._pending) >= CHUNK_SAMPLES:
-                self._process(self._take(CHUNK_SAMPLES), final=False)
+                yield from self._process(self._take(CHUNK_SAMPLES), final=False)
             if len(self._pending):
-                self._process(self._take(len(self._pending)), final=True)
-            self._semantic_codes += self._semantic.finish()
+                yield from self._process(self._take(len(self._pending)), final=True)
+            self._semantic_codes += yield from self._semantic.finish_steps()
             return self._complete_groups()
 
     def _check_open(self) -> None:
@@ -224,14 +265,14 @@ class AudioTokenizerStream:
         taken, self._pending = self._pending[:count], self._pending[count:]
         return taken
 
-    def _process(self, stride: np.ndarray, *, final: bool) -> None:
+    def _process(self, stride: np.ndarray, *, final: bool) -> Steps[None]:
         if self._normalize:
             stride = preprocess.apply_gain(stride, preprocess.peak_reference(self._peak))
         linguistic = self._tokenizer.linguistic
-        self._linguistic_codes += linguistic.encode_chunk(
+        self._linguistic_codes += yield from linguistic.encode_chunk_steps(
             self._linguistic_state, stride, is_final=final
         )
-        self._semantic_codes += self._semantic.push(stride)
+        self._semantic_codes += yield from self._semantic.push_steps(stride)
 
     def _complete_groups(self) -> list[int]:
         groups = min(

@@ -2,11 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 
 import pytest
 
-from services.common.worker import BatchStepLoop, EngineWorker, Overloaded, WorkerClosed
+from services.common.worker import (
+    BatchStepLoop,
+    EngineWorker,
+    Overloaded,
+    RoundLoop,
+    WorkerClosed,
+)
 
 
 @pytest.fixture
@@ -166,3 +172,97 @@ async def test_batch_loop_skips_cancelled_items_and_fails_leftovers_on_close() -
     with pytest.raises(WorkerClosed):
         await leftover
     assert loop.closed
+
+
+# ----- RoundLoop -----
+
+
+def doubling(n_jobs: int) -> Generator[int, int, list[int]]:
+    """A call that needs the model ``n_jobs`` times (jobs 0, 11, 22, ...)."""
+    out = []
+    for i in range(n_jobs):
+        out.append((yield 11 * i))
+    return out
+
+
+class GatedRounds:
+    """round_fn recording each round's jobs; rounds wait for ``gate`` once it is cleared."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, jobs: list[int]) -> list[int]:
+        self.entered.set()
+        self.gate.wait(5)
+        if any(job < 0 for job in jobs):
+            raise RuntimeError("bad round")
+        self.rounds.append(list(jobs))
+        return [2 * job for job in jobs]
+
+
+async def test_round_loop_batches_calls_that_join_mid_way() -> None:
+    rounds = GatedRounds()
+    loop = RoundLoop(rounds, max_pending=4, name="test-rounds")
+    rounds.gate.clear()
+    loop.start()
+    first = asyncio.ensure_future(loop.run(doubling(3)))
+    await asyncio.to_thread(rounds.entered.wait, 5)  # round 1 (a alone) is running
+    second = asyncio.ensure_future(loop.run(doubling(2)))
+    await asyncio.sleep(0)  # b is submitted while a's round runs
+    rounds.gate.set()
+    assert await first == [0, 22, 44]
+    assert await second == [0, 22]
+    # a alone, then a's later jobs and b's in the same rounds
+    assert rounds.rounds == [[0], [11, 0], [22, 11]]
+    assert loop.pending == 0
+    await loop.aclose()
+
+
+async def test_round_loop_errors_cancellation_overload_and_close() -> None:
+    rounds = GatedRounds()
+    loop = RoundLoop(rounds, max_pending=2, name="test-rounds")
+    loop.start()
+
+    def failing() -> Generator[int, int, int]:
+        yield 1
+        raise ValueError("bad audio")
+
+    with pytest.raises(ValueError, match="bad audio"):  # fails only its own call
+        await loop.run(failing())
+
+    def bad_job() -> Generator[int, int, int]:
+        return (yield -1)
+
+    with pytest.raises(RuntimeError, match="bad round"):  # a failed round fails its calls
+        await loop.run(bad_job())
+
+    closed = []
+
+    def endless() -> Generator[int, int, int]:
+        try:
+            while True:
+                yield 1
+        finally:
+            closed.append(True)
+
+    rounds.gate.clear()
+    left = asyncio.ensure_future(loop.run(endless()))
+    busy = asyncio.ensure_future(loop.run(endless()))
+    await asyncio.to_thread(rounds.entered.wait, 5)
+    with pytest.raises(Overloaded):
+        await loop.run(doubling(1))
+    left.cancel()  # the caller leaves: its generator is closed at the next round
+    rounds.gate.set()
+    for _ in range(500):
+        if closed:
+            break
+        await asyncio.sleep(0.01)
+    assert closed == [True]
+    await loop.aclose()
+    with pytest.raises(WorkerClosed):
+        await busy
+    with pytest.raises(WorkerClosed):
+        await loop.run(doubling(1))

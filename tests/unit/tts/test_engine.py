@@ -159,6 +159,9 @@ async def test_non_audio_ids_are_dropped_and_counted(
     assert not lm.aborted
 
 
+# long enough that the LM is still running when the first audio arrives: the feeder hands the
+# vocoder at most one chunk of ids ahead of the loop
+@pytest.mark.parametrize("engine_and_lm", [[[A + i for i in range(7)]] * 100], indirect=True)
 async def test_closing_the_iterator_aborts_the_lm(
     engine_and_lm: tuple[TtsEngine, ScriptedLm],
 ) -> None:
