@@ -91,7 +91,7 @@ def controller_rate_rules() -> list[dict[str, Any]]:
         ),
         record(
             f":{c}_failed_responses:ratio_rate5m",
-            f'sum(rate({c}_responses_total{{status="failed"}}[5m])) '
+            f'(sum(rate({c}_responses_total{{status="failed"}}[5m])) or vector(0)) '
             f"/ sum(rate({c}_responses_total[5m]))",
         ),
     ]
@@ -122,11 +122,12 @@ def service_rules(service: str) -> list[dict[str, Any]]:
             f"sum by (code) (rate({m}_errors_total[5m]))",
             service=service,
         ),
-        # server-side failures only: client mistakes, cancels and refusals are not errors here
+        # server-side failures only: client mistakes, cancels and refusals are not errors here;
+        # `or vector(0)`: no failed call yet is a ratio of 0, not an empty result
         record(
             "service:stepaudio_rpc_errors:ratio_rate5m",
-            f'sum(rate({rpc}_count{{code=~"INTERNAL|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED"}}[5m]))'
-            f" / sum(rate({rpc}_count[5m]))",
+            f'(sum(rate({rpc}_count{{code=~"INTERNAL|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED"}}[5m]))'
+            f" or vector(0)) / sum(rate({rpc}_count[5m]))",
             service=service,
         ),
     ]
