@@ -27,6 +27,8 @@ from grafana_foundation_sdk.models import common as common_model
 from grafana_foundation_sdk.models import dashboard as model
 
 OUT_DIR = Path(__file__).with_name("dashboards")
+# the chart's copies (helm reads files only inside the chart), shipped as ConfigMaps
+CHART_DIR = Path(__file__).parents[2] / "charts/stepaudio/files/dashboards"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 EXTERNAL_METRICS = re.compile(r"\b(DCGM_FI_\w+|redis_\w+)")
 C = "stepaudio_controller"
@@ -566,10 +568,11 @@ def is_external(expr: str) -> bool:
 
 
 def main() -> None:
-    OUT_DIR.mkdir(exist_ok=True)
-    for name, text in rendered().items():
-        (OUT_DIR / name).write_text(text)
-        sys.stdout.write(f"wrote {OUT_DIR / name}\n")
+    for folder in (OUT_DIR, CHART_DIR):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered().items():
+            (folder / name).write_text(text)
+            sys.stdout.write(f"wrote {folder / name}\n")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 RULES_FILE = Path(__file__).with_name("stepaudio-rules.yml")
+# the chart's copy (helm reads files only inside the chart), shipped as a PrometheusRule
+CHART_RULES_FILE = Path(__file__).parents[2] / "charts/stepaudio/files/stepaudio-rules.yml"
 GRPC_SERVICES = ("vad", "tokenizer", "llm", "tts")
 CONTROLLER = "stepaudio_controller"
 # first-audio SLO: this share of turns hears the reply within FIRST_AUDIO_SLO_S of end of speech
@@ -314,8 +316,10 @@ def render() -> str:
 
 
 def main() -> None:
-    RULES_FILE.write_text(render())
-    sys.stdout.write(f"wrote {RULES_FILE}\n")
+    for path in (RULES_FILE, CHART_RULES_FILE):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render())
+        sys.stdout.write(f"wrote {path}\n")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ from deploy.grafana import dashboards
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
-def committed() -> dict[str, str]:
-    return {path.name: path.read_text() for path in sorted(dashboards.OUT_DIR.glob("*.json"))}
+def committed(folder: Path = dashboards.OUT_DIR) -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted(folder.glob("*.json"))}
 
 
 def test_regenerating_gives_identical_files() -> None:
-    assert committed() == dashboards.rendered(), "regenerate: python -m deploy.grafana.dashboards"
+    fresh = dashboards.rendered()
+    assert committed() == fresh, "regenerate: python -m deploy.grafana.dashboards"
+    assert committed(dashboards.CHART_DIR) == fresh, "the chart's copies are stale"
 
 
 def test_dashboards_have_unique_uids_ids_and_a_datasource_variable() -> None:

@@ -22,10 +22,9 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_rules_file_is_generated() -> None:
-    assert rules.RULES_FILE.read_text() == rules.render(), (
-        "regenerate: python -m deploy.prometheus.rules"
-    )
+def test_rules_file_and_the_charts_copy_are_generated() -> None:
+    for path in (rules.RULES_FILE, rules.CHART_RULES_FILE):
+        assert path.read_text() == rules.render(), "regenerate: python -m deploy.prometheus.rules"
 
 
 def test_promtool_check_rules() -> None:
