@@ -54,3 +54,4 @@ class ControllerMetrics:
             self.speculations.labels(outcome=outcome)
         for outcome in ("completed", "failed"):
             self.transcriptions.labels(outcome=outcome)
+        self.errors.labels(code="unavailable")  # the session store (Redis) was unreachable
