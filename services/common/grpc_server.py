@@ -24,8 +24,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from services.common import tracing
 from services.common.errors import ErrorCode, abort, abort_for_exception, error_code_of
 from services.common.interceptors import RpcMetrics, ServerObserver
 from services.common.metrics import ServiceMetrics, start_metrics_server
@@ -151,10 +153,16 @@ class ServerHandle:
 
 
 def build_server(
-    service: GrpcService, settings: BaseServiceSettings, rpc_metrics: RpcMetrics | None = None
+    service: GrpcService,
+    settings: BaseServiceSettings,
+    rpc_metrics: RpcMetrics | None = None,
+    provider: TracerProvider | None = None,
 ) -> tuple[grpc.aio.Server, HealthServicer]:
     """A configured, not yet started server with health, reflection and the service."""
-    interceptors = [ServerObserver(rpc_metrics)] if rpc_metrics is not None else []
+    interceptors = []
+    if rpc_metrics is not None:
+        tracer = tracing.get_tracer(provider) if provider is not None else None
+        interceptors.append(ServerObserver(rpc_metrics, tracer))
     server = grpc.aio.server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
@@ -168,10 +176,16 @@ def build_server(
     return server, health_servicer
 
 
-async def start_server(service: GrpcService, settings: BaseServiceSettings) -> ServerHandle:
-    """Bind and start the server, health NOT_SERVING; ``handle.start_service()`` comes next."""
+async def start_server(
+    service: GrpcService, settings: BaseServiceSettings, provider: TracerProvider | None = None
+) -> ServerHandle:
+    """Bind and start the server, health NOT_SERVING; ``handle.start_service()`` comes next.
+
+    ``provider``: the component's tracer provider (default: one from ``settings.tracing``)."""
     rpc_metrics = RpcMetrics(service.name, service.registry)
-    server, health_servicer = build_server(service, settings, rpc_metrics)
+    if provider is None:
+        provider = tracing.tracer_provider(service.name, settings.tracing)
+    server, health_servicer = build_server(service, settings, rpc_metrics, provider)
     address = bind_address(settings.host, settings.port)
     port = server.add_insecure_port(address)
     if port == 0:
@@ -184,14 +198,24 @@ async def start_server(service: GrpcService, settings: BaseServiceSettings) -> S
 
 
 @asynccontextmanager
-async def serve(service: GrpcService, settings: BaseServiceSettings) -> AsyncIterator[ServerHandle]:
-    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit."""
-    handle = await start_server(service, settings)
+async def serve(
+    service: GrpcService, settings: BaseServiceSettings, provider: TracerProvider | None = None
+) -> AsyncIterator[ServerHandle]:
+    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit.
+
+    Without a ``provider``, one is made from ``settings.tracing`` and flushed at the end."""
+    own = provider is None
+    provider = provider or tracing.tracer_provider(service.name, settings.tracing)
     try:
-        await handle.start_service()
-        yield handle
+        handle = await start_server(service, settings, provider)
+        try:
+            await handle.start_service()
+            yield handle
+        finally:
+            await handle.shutdown()
     finally:
-        await handle.shutdown()
+        if own:
+            await asyncio.to_thread(provider.shutdown)  # flushes spans not yet exported
 
 
 def _install_signal_handlers(handle: ServerHandle) -> list[signal.Signals]:

@@ -1,4 +1,5 @@
-"""gRPC server interceptor: per-method latency by status code, RPCs in flight, SERVING gauge.
+"""gRPC server interceptor: per-method latency by status code, RPCs in flight, SERVING gauge,
+and a SERVER span per call continuing the caller's trace (``traceparent`` metadata).
 
 A small interceptor of our own rather than a library's: the metric names must follow
 ``stepaudio_<service>_<thing>_<unit>`` on the service's own registry (tests run several
@@ -16,8 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from services.common import tracing
 from services.common.metrics import LATENCY_BUCKETS_S, metric_name
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
@@ -40,6 +44,8 @@ def status_name(context: grpc.aio.ServicerContext, exc: BaseException | None) ->
 
 
 _STATUS_BY_VALUE = {status.value[0]: status.value for status in grpc.StatusCode}
+# server-side failures: the span is marked as an error (client mistakes and cancels are not)
+_ERROR_CODES = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS"}
 
 
 class RpcMetrics:
@@ -67,10 +73,11 @@ class RpcMetrics:
 
 
 class ServerObserver(grpc.aio.ServerInterceptor):
-    """Wraps every handler of a server with ``RpcMetrics`` bookkeeping."""
+    """Wraps every handler of a server with ``RpcMetrics`` bookkeeping and a span."""
 
-    def __init__(self, metrics: RpcMetrics) -> None:
+    def __init__(self, metrics: RpcMetrics, tracer: trace.Tracer | None = None) -> None:
         self.metrics = metrics
+        self.tracer = tracer
 
     async def intercept_service(
         self,
@@ -80,18 +87,22 @@ class ServerObserver(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        full_method = handler_call_details.method
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return handler._replace(**{kind: self._wrap(method, behavior)})  # type: ignore[attr-defined,no-any-return]
+                return handler._replace(**{kind: self._wrap(full_method, behavior)})  # type: ignore[attr-defined,no-any-return]
         return handler
 
     @contextlib.asynccontextmanager
-    async def observe(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def observe(
+        self, full_method: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        method = full_method.rsplit("/", 1)[-1]
         started = time.perf_counter()
         in_flight = self.metrics.in_flight.labels(method=method)
         in_flight.inc()
+        span = self._start_span(full_method, context)
         error: BaseException | None = None
         try:
             yield
@@ -103,19 +114,40 @@ class ServerObserver(grpc.aio.ServerInterceptor):
             code = status_name(context, error)
             elapsed = time.perf_counter() - started
             self.metrics.seconds.labels(method=method, code=code).observe(elapsed)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", code)
+                if code in _ERROR_CODES:
+                    span.set_status(trace.StatusCode.ERROR, code)
+                span.end()
 
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def _start_span(self, full_method: str, context: grpc.aio.ServicerContext) -> trace.Span | None:
+        """The call's span, made current (with the component's tracer) in the call's task."""
+        if self.tracer is None or full_method.startswith(tracing.UNTRACED_SERVICES):
+            return None
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        span = self.tracer.start_span(
+            f"{service.rsplit('.', 1)[-1]}/{method}",
+            context=tracing.context_from_metadata(context.invocation_metadata()),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        )
+        # grpc.aio serves each call in its own task: nothing of this outlives the call
+        otel_context.attach(trace.set_span_in_context(span))
+        tracing.set_handler_tracer(self.tracer)
+        return span
+
+    def _wrap(self, full_method: str, behavior: Behavior) -> Behavior:
         if inspect.isasyncgenfunction(behavior):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with self.observe(method, context):
+                async with self.observe(full_method, context):
                     async for response in behavior(request, context):
                         yield response
 
             return streaming
 
         async def plain(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self.observe(method, context):
+            async with self.observe(full_method, context):
                 return await behavior(request, context)
 
         return plain
