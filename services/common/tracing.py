@@ -67,6 +67,7 @@ def tracer_provider(
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"stepaudio-{component}"}),
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+        shutdown_on_exit=False,  # its owner (serve, the app's lifespan) shuts it down
     )
     if settings.otlp_endpoint:
         # imported only when used: the exporter pulls in its own protobuf/grpc modules
