@@ -181,10 +181,8 @@ async def start_server(
 ) -> ServerHandle:
     """Bind and start the server, health NOT_SERVING; ``handle.start_service()`` comes next.
 
-    ``provider``: the component's tracer provider (default: one from ``settings.tracing``)."""
+    ``provider``: the component's tracer provider (``serve`` makes one); None: no spans."""
     rpc_metrics = RpcMetrics(service.name, service.registry)
-    if provider is None:
-        provider = tracing.tracer_provider(service.name, settings.tracing)
     server, health_servicer = build_server(service, settings, rpc_metrics, provider)
     address = bind_address(settings.host, settings.port)
     port = server.add_insecure_port(address)
