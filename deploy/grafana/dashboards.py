@@ -267,6 +267,8 @@ def rpc_row(service: str) -> Row:
                     Query(f"service_method:stepaudio_rpc_seconds:p50_5m{rpc}", "p50 {{method}}"),
                 ],
                 unit="s",
+                description="Headers in to status out: a streaming call lasts as long as its "
+                "stream (DetectSpeech: the session; capped at the 30 s bucket).",
             ),
             Panel(
                 "RPC latency by code (p95)",
@@ -297,7 +299,9 @@ def engine_panels(service: str) -> list[Panel]:
         return [
             Panel(
                 "Batch size (frames per model step)",
-                [Query(p(q, f"{m}_batch_size"), f"p{int(q * 100)}") for q in (0.5, 0.95)],
+                [Query(mean(f"{m}_batch_size"), "mean"), Query(p(0.95, f"{m}_batch_size"), "p95")],
+                description="Streams served by one batched silero call (the mean: quantiles "
+                "interpolate inside power-of-two buckets).",
             ),
             Panel(
                 "Model step latency",
