@@ -117,8 +117,10 @@ class LocalStack:
     redis_url: str | None = None
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    serve_metrics: bool = False  # each gRPC service serves /metrics on a free port
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -178,6 +180,9 @@ class LocalStack:
                 f"{prefix}_HOST": "127.0.0.1",
                 f"{prefix}_LOG_LEVEL": self.log_level,
             }
+            if self.serve_metrics:
+                self.metrics_ports[name] = free_port()
+                env[f"{prefix}_METRICS_PORT"] = str(self.metrics_ports[name])
             if name != "vad":
                 env[f"{prefix}_MODEL_DIR"] = str(self.model_dir)
             if name == "tts":

@@ -60,10 +60,14 @@ def channel_options(
 def create_channel(
     settings: GrpcClientSettings,
     retry_methods: Sequence[tuple[str, str]] = (HEALTH_CHECK_METHOD,),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to ``settings.target`` (close it with ``await ch.close()``)."""
+    """An insecure grpc.aio channel to ``settings.target`` (close it with ``await ch.close()``);
+    ``interceptors``: e.g. ``tracing.client_interceptors(tracer)`` (trace context out)."""
     return grpc.aio.insecure_channel(
-        settings.target, options=channel_options(settings, retry_methods)
+        settings.target,
+        options=channel_options(settings, retry_methods),
+        interceptors=list(interceptors) or None,
     )
 
 

@@ -24,9 +24,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from services.common import tracing
 from services.common.errors import ErrorCode, abort, abort_for_exception, error_code_of
+from services.common.interceptors import RpcMetrics, ServerObserver
 from services.common.metrics import ServiceMetrics, start_metrics_server
 from services.common.settings import BaseServiceSettings
 
@@ -91,8 +94,10 @@ class ServerHandle:
         service: GrpcService,
         settings: BaseServiceSettings,
         port: int,
+        rpc_metrics: RpcMetrics | None = None,
     ) -> None:
         self.server = server
+        self.rpc_metrics = rpc_metrics
         self.health = health_servicer
         self.service = service
         self.settings = settings
@@ -112,6 +117,8 @@ class ServerHandle:
         for name in ("", *self.service.service_names):
             await self.health.set(name, status)
         self.serving = serving
+        if self.rpc_metrics is not None:
+            self.rpc_metrics.serving.set(1 if serving else 0)
 
     async def start_service(self) -> None:
         """Load the service (``service.start()``), then report SERVING."""
@@ -136,6 +143,8 @@ class ServerHandle:
             grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
             drain = self.settings.drain_delay_s if drain_delay_s is None else drain_delay_s
             was_serving, self.serving = self.serving, False
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.serving.set(0)
             await self.health.enter_graceful_shutdown()
             if was_serving and drain > 0:
                 log.info("draining name=%s delay_s=%.1f", self.service.name, drain)
@@ -147,12 +156,20 @@ class ServerHandle:
 
 
 def build_server(
-    service: GrpcService, settings: BaseServiceSettings
+    service: GrpcService,
+    settings: BaseServiceSettings,
+    rpc_metrics: RpcMetrics | None = None,
+    provider: TracerProvider | None = None,
 ) -> tuple[grpc.aio.Server, HealthServicer]:
     """A configured, not yet started server with health, reflection and the service."""
+    interceptors = []
+    if rpc_metrics is not None:
+        tracer = tracing.get_tracer(provider) if provider is not None else None
+        interceptors.append(ServerObserver(rpc_metrics, tracer))
     server = grpc.aio.server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        interceptors=interceptors,
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -162,14 +179,19 @@ def build_server(
     return server, health_servicer
 
 
-async def start_server(service: GrpcService, settings: BaseServiceSettings) -> ServerHandle:
-    """Bind and start the server, health NOT_SERVING; ``handle.start_service()`` comes next."""
-    server, health_servicer = build_server(service, settings)
+async def start_server(
+    service: GrpcService, settings: BaseServiceSettings, provider: TracerProvider | None = None
+) -> ServerHandle:
+    """Bind and start the server, health NOT_SERVING; ``handle.start_service()`` comes next.
+
+    ``provider``: the component's tracer provider (``serve`` makes one); None: no spans."""
+    rpc_metrics = RpcMetrics(service.name, service.registry)
+    server, health_servicer = build_server(service, settings, rpc_metrics, provider)
     address = bind_address(settings.host, settings.port)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    handle = ServerHandle(server, health_servicer, service, settings, port)
+    handle = ServerHandle(server, health_servicer, service, settings, port, rpc_metrics)
     await handle.set_serving(False)  # loading: callers must wait
     await server.start()
     log.info("listening name=%s address=%s", service.name, handle.address)
@@ -177,14 +199,24 @@ async def start_server(service: GrpcService, settings: BaseServiceSettings) -> S
 
 
 @asynccontextmanager
-async def serve(service: GrpcService, settings: BaseServiceSettings) -> AsyncIterator[ServerHandle]:
-    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit."""
-    handle = await start_server(service, settings)
+async def serve(
+    service: GrpcService, settings: BaseServiceSettings, provider: TracerProvider | None = None
+) -> AsyncIterator[ServerHandle]:
+    """Start ``service`` in-process; SERVING once ``service.start()`` returned; stop on exit.
+
+    Without a ``provider``, one is made from ``settings.tracing`` and flushed at the end."""
+    own = provider is None
+    provider = provider or tracing.tracer_provider(service.name, settings.tracing)
     try:
-        await handle.start_service()
-        yield handle
+        handle = await start_server(service, settings, provider)
+        try:
+            await handle.start_service()
+            yield handle
+        finally:
+            await handle.shutdown()
     finally:
-        await handle.shutdown()
+        if own:
+            await asyncio.to_thread(provider.shutdown)  # flushes spans not yet exported
 
 
 def _install_signal_handlers(handle: ServerHandle) -> list[signal.Signals]:

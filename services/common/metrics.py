@@ -47,6 +47,8 @@ class ServiceMetrics:
         self.service = service
         self.registry = registry if registry is not None else CollectorRegistry()
         self.errors = self.counter("errors", "RPCs that ended with an error, by code.", ["code"])
+        # exported at 0 from the start, so refusal panels and alerts see a series, not nothing
+        self.errors.labels(code="overloaded")
         self.active_streams = self.gauge("active_streams", "Streams being served now.")
 
     def histogram(

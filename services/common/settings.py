@@ -23,7 +23,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from services.common.tracing import TracingSettings
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 MiB = 1024 * 1024
 
 
@@ -118,6 +121,12 @@ class BaseServiceSettings(StrictEnvSettings):
         0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 turns it off."
     )
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(
+        "text", description="text (one line, key=value) or json (one object per line)."
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings, description="OpenTelemetry trace export."
+    )
     grpc_max_message_bytes: int = Field(
         4 * MiB, ge=1024, le=64 * MiB, description="gRPC send/receive message size limit (bytes)."
     )

@@ -9,7 +9,7 @@ from services.controller.config import ControllerSettings
 
 def main() -> None:
     settings = ControllerSettings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

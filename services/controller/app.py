@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,8 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from services.common import tracing
 from services.controller.api import health, rest, ws
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
@@ -22,11 +25,20 @@ from services.controller.store import SessionStore, create_redis
 STATIC_DIR = Path(__file__).with_name("static")
 
 
-def create_app(settings: ControllerSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: ControllerSettings,
+    registry: CollectorRegistry | None = None,
+    provider: TracerProvider | None = None,
+) -> FastAPI:
+    """``provider``: the controller's tracer provider (default: one from ``settings.tracing``,
+    flushed when the app stops)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracer_provider = provider or tracing.tracer_provider("controller", settings.tracing)
+        tracer = tracing.get_tracer(tracer_provider)
         redis = create_redis(settings.redis.url, socket_timeout_s=settings.redis.socket_timeout_s)
-        clients = ServiceClients.connect(settings)
+        clients = ServiceClients.connect(settings, tracer)
         app.state.controller = ControllerState(
             settings=settings,
             clients=clients,
@@ -36,12 +48,15 @@ def create_app(settings: ControllerSettings, registry: CollectorRegistry | None 
             metrics=ControllerMetrics(registry),
             slots=SessionSlots(settings.limits.max_sessions),
             speculation=SpeculationGate(settings.limits.max_speculations),
+            tracer=tracer,
         )
         try:
             yield
         finally:
             await clients.close()
             await redis.aclose()
+            if provider is None:
+                await asyncio.to_thread(tracer_provider.shutdown)  # flushes unexported spans
 
     app = FastAPI(
         title="Step-Audio serving controller",

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry import trace
 from stepaudio.serving.v1 import (
     llm_pb2_grpc,
     tokenizer_pb2_grpc,
@@ -13,6 +14,7 @@ from stepaudio.serving.v1 import (
     vad_pb2_grpc,
 )
 
+from services.common import tracing
 from services.common.grpc_client import check_health, create_channel
 from services.common.settings import GrpcClientSettings
 from services.controller.config import ControllerSettings
@@ -28,7 +30,9 @@ class ServiceClients:
     e2e_llm: llm_pb2_grpc.LlmServiceAsyncStub | None
 
     @classmethod
-    def connect(cls, settings: ControllerSettings) -> ServiceClients:
+    def connect(
+        cls, settings: ControllerSettings, tracer: trace.Tracer | None = None
+    ) -> ServiceClients:
         targets = settings.services.model_dump()
         channels = {}
         for name, target in targets.items():
@@ -40,7 +44,8 @@ class ServiceClients:
                 keepalive_time_ms=settings.keepalive.time_ms,
                 keepalive_timeout_ms=settings.keepalive.timeout_ms,
             )
-            channels[name] = create_channel(client)
+            interceptors = tracing.client_interceptors(tracer) if tracer is not None else []
+            channels[name] = create_channel(client, interceptors=interceptors)
         e2e = channels.get("e2e_llm")
         return cls(
             channels=channels,

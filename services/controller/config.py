@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KeepaliveSettings, StrictEnvSettings
+from services.common.settings import KeepaliveSettings, LogFormat, StrictEnvSettings
+from services.common.tracing import TracingSettings
 
 Pipeline = Literal["cascade", "end_to_end"]
 OUTPUT_RATES_HZ = (16_000, 22_050, 24_000)
@@ -99,6 +100,12 @@ class ControllerSettings(StrictEnvSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(
+        "text", description="text (one line, key=value) or json (one object per line)."
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings, description="OpenTelemetry trace export."
+    )
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Session store.")
     services: ServiceTargets = Field(default_factory=ServiceTargets, description="gRPC targets.")
     turn: TurnSettings = Field(default_factory=TurnSettings, description="Session defaults.")

@@ -46,3 +46,12 @@ class ControllerMetrics:
         self.transcriptions = base.counter(
             "transcriptions", "Input transcriptions by outcome.", ["outcome"]
         )
+        # every label value exported at 0 from the start: rates and ratios over them then read
+        # 0 on a quiet system instead of returning nothing (dashboards, alerts)
+        for status in ("completed", "failed", "cancelled"):
+            self.responses.labels(status=status)
+        for outcome in ("started", "committed", "discarded", "shed"):
+            self.speculations.labels(outcome=outcome)
+        for outcome in ("completed", "failed"):
+            self.transcriptions.labels(outcome=outcome)
+        self.errors.labels(code="unavailable")  # the session store (Redis) was unreachable

@@ -35,6 +35,7 @@ from stepaudio.serving.v1 import llm_pb2, vad_pb2
 
 from services.common.audio import AudioError, pcm16_to_float
 from services.common.errors import ErrorCode, code_from_rpc_error
+from services.common.tracing import TurnTrace
 from services.controller.context import (
     SessionSettings,
     build_messages,
@@ -120,6 +121,7 @@ class RealtimeSession:
         self._protocol_errors = 0
         self._user_speaking = False
         self.closed = False
+        self._trace = TurnTrace(state.tracer, session_id)  # one trace per turn
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class RealtimeSession:
         if self.reply is not None:
             await self._interrupt_reply("disconnect")
         await self.audio.abandon_utterance()
+        self._trace.end()
         writer.cancel()
         await asyncio.gather(*tasks, writer, return_exceptions=True)
 
@@ -414,6 +417,7 @@ class RealtimeSession:
         )
         if self.reply is not None:
             await self._interrupt_reply("barge_in")
+        self._trace.start(event.traceparent)  # continues the VAD's speech span
         self._user_speaking = True
         self.audio.start_utterance(self.audio.session_sample(event.audio_ms), stream_tokens=True)
 
@@ -512,6 +516,8 @@ class RealtimeSession:
     async def _store_turn(self, turn: Turn) -> None:
         """Keep the turn in memory (the live call goes on) and in Redis (for resumes)."""
         self.turns.append(turn)
+        if turn.role == "user":
+            self._trace.item(turn.id)
         try:
             await self._persist(turn)
         except (RedisError, OSError) as exc:
@@ -548,6 +554,7 @@ class RealtimeSession:
         )
         reply = Reply(response_id, sink, speculative)
         reply.end_of_speech = end_of_speech
+        self._trace.response(response_id, speculative=speculative)
         return reply
 
     async def _start_reply(self, end_of_speech: float) -> None:
@@ -669,6 +676,7 @@ class RealtimeSession:
             },
         }
         self.state.metrics.responses.labels(status=status).inc()
+        self._trace.finished(reply.response_id, status)
         if self.reply is reply:
             self.reply = None
         await self.send(done)  # after the reply's audio: the writer keeps the order

@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
 from services.controller.metrics import ControllerMetrics
@@ -67,3 +69,4 @@ class ControllerState:
     speculation: SpeculationGate
     draining: bool = False
     sessions: set[Any] = field(default_factory=set)  # live RealtimeSession objects
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)  # turn spans

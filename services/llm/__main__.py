@@ -10,7 +10,7 @@ from services.llm.server import LlmService
 
 def main() -> None:
     settings = LlmSettings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     asyncio.run(run_service(LlmService(settings), settings))
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from stepaudio.serving.v1 import llm_pb2, llm_pb2_grpc
 
@@ -240,6 +241,7 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             await abort(context, ErrorCode.INVALID_ARGUMENT, "request_id is too long")
+        trace.get_current_span().set_attribute("stepaudio.request_id", request_id)
         try:
             params = service.sampling_params(request.sampling)
             prompt, dropped = service.prompt_ids(request)

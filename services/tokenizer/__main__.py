@@ -10,7 +10,7 @@ from services.tokenizer.server import TokenizerService
 
 def main() -> None:
     settings = TokenizerSettings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     asyncio.run(run_service(TokenizerService(settings), settings))
 
 

@@ -10,7 +10,7 @@ from services.tts.server import TtsService
 
 def main() -> None:
     settings = TtsSettings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     asyncio.run(run_service(TtsService(settings), settings))
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 import grpc
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from stepaudio.serving.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 
@@ -297,7 +298,9 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
     def _request_id(self, request_id: str) -> str:
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise ServiceError(ErrorCode.INVALID_ARGUMENT, "request_id is too long")
-        return request_id or uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
+        trace.get_current_span().set_attribute("stepaudio.request_id", request_id)
+        return request_id
 
     async def _fail(self, context: grpc.aio.ServicerContext, code: ErrorCode, message: str) -> None:
         self._service.metrics.record_error(code)

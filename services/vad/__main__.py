@@ -10,7 +10,7 @@ from services.vad.server import VadService
 
 def main() -> None:
     settings = VadSettings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     asyncio.run(run_service(VadService(settings), settings))
 
 

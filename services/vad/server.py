@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import numpy as np
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from stepaudio.serving.v1 import audio_pb2, vad_pb2, vad_pb2_grpc
 
+from services.common import tracing
 from services.common.audio import AudioError
 from services.common.audio_proto import decode_chunk
 from services.common.errors import (
@@ -48,6 +51,40 @@ def to_proto(event: VadEvent) -> vad_pb2.SpeechEvent:
         detected_at_ms=event.detected_at_ms,
         probability=event.probability,
     )
+
+
+class SpeechSpans:
+    """One stream's speech segments as spans: each is a new trace (the turn's root) whose
+    ``traceparent`` rides on its events, linked to the long-lived stream's own span."""
+
+    def __init__(self) -> None:
+        self._tracer = tracing.handler_tracer()
+        self._stream = trace.get_current_span().get_span_context()
+        self._span: trace.Span | None = None
+
+    def annotate(self, event: VadEvent, message: vad_pb2.SpeechEvent) -> None:
+        if event.kind == VadEventKind.SPEECH_STARTED:
+            self.close()
+            links = [trace.Link(self._stream)] if self._stream.is_valid else []
+            self._span = self._tracer.start_span(
+                "vad.speech",
+                context=otel_context.Context(),  # a new trace: one per turn
+                links=links,
+                attributes={"vad.speech_start_ms": event.audio_ms},
+            )
+        if self._span is None:
+            return
+        message.traceparent = tracing.traceparent(self._span)
+        if event.kind == VadEventKind.SPEECH_STOPPED:
+            self._span.set_attribute("vad.speech_end_ms", event.audio_ms)
+            self.close()
+        else:
+            self._span.add_event(event.kind.name.lower(), {"vad.audio_ms": event.audio_ms})
+
+    def close(self) -> None:
+        if self._span is not None:
+            self._span.end()
+            self._span = None
 
 
 class VadService:
@@ -180,8 +217,16 @@ class VadServicer(vad_pb2_grpc.VadServiceServicer):
         service = self._service
 
         async def stream() -> None:
-            await VadStream(service).run(
-                request_iterator, lambda event: context.write(to_proto(event))
-            )
+            spans = SpeechSpans()
+
+            async def write(event: VadEvent) -> None:
+                message = to_proto(event)
+                spans.annotate(event, message)
+                await context.write(message)
+
+            try:
+                await VadStream(service).run(request_iterator, write)
+            finally:
+                spans.close()
 
         await service.admission.run(context, stream)

@@ -10,7 +10,10 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+import yaml
 
+from deploy.grafana import dashboards
+from deploy.prometheus import rules
 from services.lm_engine.vllm_settings import VllmEngineSettings
 from tests.deploy._support import (
     CHART,
@@ -38,7 +41,11 @@ OWNER_PREFIX = {
 # every optional part switched on (tiny models, so it renders without real storage)
 ALL_FEATURES: dict[str, Any] = {
     "e2eLlm": {"enabled": True},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "grafanaDashboards": {"enabled": True, "annotations": {"grafana_folder": "Step-Audio"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+    },
     "networkPolicy": {"enabled": True},
     "redis": {"auth": {"enabled": True, "password": "s3cret"}},
     "controller": {
@@ -158,7 +165,9 @@ def test_default_renders_every_component(default: Manifests) -> None:
     assert default.names("Service") == {f"{FULLNAME}-{c}" for c in [*components, "redis"]}
     assert default.names("PodDisruptionBudget") == {f"{FULLNAME}-{c}" for c in components}
     assert default.names("StatefulSet") == {f"{FULLNAME}-redis"}
-    for optional in ("RayCluster", "ServiceMonitor", "NetworkPolicy", "Ingress", "Secret"):
+    for optional in (
+        "RayCluster", "ServiceMonitor", "PrometheusRule", "NetworkPolicy", "Ingress", "Secret"
+    ):  # fmt: skip
         assert not default.of_kind(optional), optional
     for component in components:
         assert default.container(component).spec["image"] == "stepaudio:0.1.0"
@@ -450,3 +459,36 @@ def test_host_path_models_without_the_tiny_pack(chart: helm.Chart) -> None:
     assert "initContainers" not in pod
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["models"]["hostPath"] == {"path": "/data/step-audio", "type": "Directory"}
+
+
+# ---------- observability: dashboards for the Grafana sidecar, rules for the operator ----------
+
+
+def test_dashboards_ship_as_sidecar_configmaps(chart: helm.Chart) -> None:
+    manifests = render(chart, ALL_FEATURES)
+    maps = [m for m in manifests.of_kind("ConfigMap") if "-dashboard-" in m["metadata"]["name"]]
+    shipped = {}
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["annotations"] == {"grafana_folder": "Step-Audio"}
+        assert config_map["metadata"]["namespace"] == NAMESPACE
+        shipped.update(config_map["data"])
+    expected = {name: json.loads(text) for name, text in dashboards.rendered().items()}
+    assert {name: json.loads(text) for name, text in shipped.items()} == expected
+    assert f"{FULLNAME}-dashboard-overview" in {m["metadata"]["name"] for m in maps}
+
+
+def test_rules_ship_as_a_prometheusrule(chart: helm.Chart) -> None:
+    manifests = render(chart, ALL_FEATURES)
+    rule = manifests.get("PrometheusRule", FULLNAME)
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    expected = yaml.safe_load(rules.render())["groups"]
+    assert rule["spec"]["groups"] == expected  # alert templates ({{ $labels.x }}) untouched
+    assert any(
+        "{{ $labels.job }}" in str(r.get("annotations")) for g in expected for r in g["rules"]
+    )
+
+
+def test_observability_objects_are_optional(default: Manifests) -> None:
+    assert not default.of_kind("PrometheusRule")
+    assert not [m for m in default.of_kind("ConfigMap") if "-dashboard-" in m["metadata"]["name"]]

@@ -5,12 +5,14 @@ servers."""
 from __future__ import annotations
 
 import http.server
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +39,8 @@ APP = {
     "controller": ("CONTROLLER_", 8000),
 }
 MODELS_VOLUME = "${STEPAUDIO_MODEL_DIR:-./models/tiny}:/models:ro"
+OBSERVABILITY = ("redis-exporter", "prometheus", "grafana")
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def env_of(service: dict[str, Any]) -> dict[str, str | None]:
 
 def test_services_and_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", *APP}
+    assert set(services) == {"redis", *APP, *OBSERVABILITY}
     for name, service in services.items():
         expected = ["gpu"] if name.endswith("-gpu") else None
         assert service.get("profiles") == expected, name
@@ -204,3 +208,73 @@ def test_controller_healthcheck_follows_readyz(compose: dict[str, Any]) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------- Prometheus and Grafana ----------
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path → host path of the service's bind mounts."""
+    found = {}
+    for volume in service["volumes"]:
+        host, container, *_ = volume.split(":")
+        if host.startswith("./"):
+            found[container] = ROOT / host
+    return found
+
+
+def test_prometheus_scrapes_every_service_and_loads_the_rules(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    prometheus = compose["services"]["prometheus"]
+    files = mounts(prometheus)
+    config = yaml.safe_load(files["/etc/prometheus/prometheus.yml"].read_text())
+    (rule_file,) = config["rule_files"]
+    assert files[rule_file] == ROOT / "deploy/prometheus/stepaudio-rules.yml"
+    scraped = {}
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            scraped.update(dict.fromkeys(sd["names"], sd["port"]))
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                name, port = target.split(":")
+                scraped[name] = int(port)
+        assert job["job_name"] == "dcgm" or job["job_name"].startswith("stepaudio-")
+    for name, (prefix, port) in APP.items():
+        env = env_of(compose["services"][name])
+        metrics_port = int(env[f"{prefix}METRICS_PORT"] or 0) if name != "controller" else port
+        assert scraped[name] == metrics_port, name
+    assert scraped["redis-exporter"] == 9121
+    assert (
+        compose["services"]["redis-exporter"]["environment"]["REDIS_ADDR"] == "redis://redis:6379"
+    )
+    # the real promtool accepts the config, with the rules at their path on this machine
+    config["rule_files"] = [str(files[rule_file])]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", str(local)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_dashboards(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]
+    files = mounts(grafana)
+    provisioning = files["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards/stepaudio.yml").read_text())[
+        "providers"
+    ]
+    dashboards = files[provider["options"]["path"]]
+    assert dashboards == ROOT / "deploy/grafana/dashboards"
+    assert {p.name for p in dashboards.glob("*.json")} >= {"stepaudio-overview.json"}
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).name).is_file()
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
 from services.common.grpc_server import serve
+from services.common.tracing import tracer_provider
 from services.controller.app import create_app
 from services.controller.config import ControllerSettings
 from services.llm.config import LlmSettings
@@ -62,8 +64,13 @@ async def running_stack(
     llm: dict[str, Any] | None = None,
     tts: dict[str, Any] | None = None,
     e2e: bool = False,
+    span_exporter: SpanExporter | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start VAD, tokenizer, LLM (+ an end-to-end LLM), TTS and the controller."""
+    """Start VAD, tokenizer, LLM (+ an end-to-end LLM), TTS and the controller.
+
+    ``span_exporter``: every component's spans also go there (each component has its own
+    tracer provider, named ``stepaudio-<component>``, as separate processes would)."""
+    exporters = [span_exporter] if span_exporter is not None else []
     common = dict(TEST_SERVER_SETTINGS)
     services: dict[str, Any] = {
         "vad": (VadService, VadSettings(**common)),
@@ -86,7 +93,8 @@ async def running_stack(
         targets: dict[str, str] = {}
         for name, (cls, settings) in services.items():
             service = cls(settings, CollectorRegistry())
-            handle = await stack.enter_async_context(serve(service, settings))
+            provider = tracer_provider(name, settings.tracing, exporters)
+            handle = await stack.enter_async_context(serve(service, settings, provider))
             started[name] = service
             targets[name] = handle.address
         overrides = controller or {}
@@ -98,7 +106,9 @@ async def running_stack(
             **overrides,
         )
         registry = CollectorRegistry()
-        app = create_app(settings, registry)
+        app = create_app(
+            settings, registry, tracer_provider("controller", settings.tracing, exporters)
+        )
         config = uvicorn.Config(
             app,
             host=settings.host,

@@ -9,10 +9,15 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import format_span_id, format_trace_id
 from stepaudio.serving.v1 import audio_pb2, vad_pb2, vad_pb2_grpc
 
 from services.common.errors import ERROR_CODE_METADATA_KEY, code_from_rpc_error
-from services.common.grpc_client import check_health
+from services.common.grpc_client import check_health, create_channel
+from services.common.grpc_server import serve
+from services.common.settings import GrpcClientSettings
+from services.common.tracing import tracer_provider
 from services.vad.config import VadSettings
 from services.vad.server import VAD_SERVICE_NAME, VadService
 from tests.helpers.grpc import (
@@ -24,6 +29,7 @@ from tests.helpers.grpc import (
     running_service,
     speech_with_silence,
     vad_requests,
+    write_all_then_read,
 )
 from tests.helpers.waits import eventually
 
@@ -228,6 +234,40 @@ async def test_graceful_stop_lets_an_in_flight_stream_finish() -> None:
 
         error = await expect_rpc_error(running, requests)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_each_speech_segment_starts_a_trace_named_in_its_events() -> None:
+    """The stream's span continues the caller's traceparent (metadata); each speech segment
+    is a new trace (one per turn) whose traceparent rides on its events."""
+    exporter = InMemorySpanExporter()
+    settings = vad_settings()
+    provider = tracer_provider("vad", settings.tracing, [exporter])
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    samples, rate = speech_with_silence()
+    async with serve(VadService(settings), settings, provider) as handle:
+        channel = create_channel(GrpcClientSettings(target=handle.address))
+        try:
+            call = vad_pb2_grpc.VadServiceStub(channel).DetectSpeech(
+                timeout=30, metadata=(("traceparent", caller),)
+            )
+            events = await write_all_then_read(call, vad_requests(pcm_chunks(samples, rate)))
+        finally:
+            await channel.close()
+    assert kinds(events) == TURN
+    assert events[0].traceparent and events[0].traceparent == events[1].traceparent
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    stream, speech = spans["VadService/DetectSpeech"], spans["vad.speech"]
+    assert stream.parent is not None and stream.parent.is_remote
+    assert format_trace_id(stream.context.trace_id) == caller.split("-")[1]
+    assert format_span_id(stream.parent.span_id) == caller.split("-")[2]
+    assert speech.parent is None  # a trace of its own: the turn's
+    assert events[0].traceparent.split("-")[1:3] == [
+        format_trace_id(speech.context.trace_id),
+        format_span_id(speech.context.span_id),
+    ]
+    assert [link.context.span_id for link in speech.links] == [stream.context.span_id]
+    assert speech.attributes["vad.speech_start_ms"] == events[0].audio_ms
+    assert speech.attributes["vad.speech_end_ms"] == events[1].audio_ms
 
 
 async def _not(check: Awaitable[bool]) -> bool:
