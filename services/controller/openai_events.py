@@ -276,14 +276,23 @@ def audio_format_object(dialect: Dialect, encoding: str, rate_hz: int) -> Any:
     return {"type": ga_type, "rate": rate_hz} if encoding == "pcm16" else {"type": ga_type}
 
 
-def assistant_item(item_id: str, status: str, audio: bool, text: str = "") -> dict[str, Any]:
+def assistant_item(
+    dialect: Dialect, item_id: str, status: str, audio: bool, text: str = ""
+) -> dict[str, Any]:
     """The assistant message item of a reply (content: its transcript or its text)."""
     content: list[dict[str, Any]] = []
     if status != "in_progress":
-        kind, key = ("output_audio", "transcript") if audio else ("output_text", "text")
-        content.append({"type": kind, key: text})
+        content.append(assistant_content(dialect, audio, text))
     return {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
             "status": status, "content": content}  # fmt: skip
+
+
+def assistant_content(dialect: Dialect, audio: bool, text: str) -> dict[str, Any]:
+    """GA names the parts output_audio / output_text, beta (and native) audio / text."""
+    kind = "audio" if audio else "text"
+    if dialect == "ga":
+        kind = f"output_{kind}"
+    return {"type": kind, "transcript": text} if audio else {"type": kind, "text": text}
 
 
 def content_part(audio: bool, text: str = "") -> dict[str, Any]:
@@ -347,10 +356,10 @@ def describe_session(dialect: Dialect, s: Any, session_id: str, model: str) -> d
         "audio_turns_kept": s.audio_turns_kept,
     }
     common = {
-        "id": session_id, "object": "realtime.session", "model": model,
+        "id": session_id, "object": "realtime.session",
         "instructions": s.system_prompt, "tools": [], "tool_choice": "auto",
     }  # fmt: skip
-    if dialect == "beta":
+    if dialect == "beta":  # beta's model is a closed list of OpenAI names: left out
         return {
             **common,
             **EventRenderer("beta").modalities(s.audio_output),
@@ -367,6 +376,7 @@ def describe_session(dialect: Dialect, s: Any, session_id: str, model: str) -> d
     return {
         "type": "realtime",
         **common,
+        "model": model,
         **EventRenderer("ga").modalities(s.audio_output),
         "max_output_tokens": s.max_reply_tokens,
         "audio": {

@@ -626,11 +626,10 @@ class RealtimeSession:
              "item": self._item(turn)}
         )  # fmt: skip
 
-    @staticmethod
-    def _item(turn: Turn) -> dict[str, Any]:
+    def _item(self, turn: Turn) -> dict[str, Any]:
         content: dict[str, Any] = {"type": "input_text", "text": turn.text}
         if turn.role == "assistant":
-            content = {"type": "output_text", "text": turn.text}
+            content = openai_events.assistant_content(self.events.dialect, False, turn.text)
         elif turn.audio_token_ids:
             content = {
                 "type": "input_audio",
@@ -794,7 +793,9 @@ class RealtimeSession:
     async def _announce_reply(self, reply: Reply) -> None:
         """response.created, then the assistant item and its content part (OpenAI's order)."""
         sink, ids = reply.sink, {"response_id": reply.response_id, "output_index": 0}
-        item = openai_events.assistant_item(reply.item_id, "in_progress", audio=reply.audio)
+        item = openai_events.assistant_item(
+            self.events.dialect, reply.item_id, "in_progress", audio=reply.audio
+        )
         part = openai_events.content_part(reply.audio)
         await sink.event(
             {"type": "response.created", "response": self._response_object(reply, "in_progress")}
@@ -864,7 +865,9 @@ class RealtimeSession:
         part = openai_events.content_part(reply.audio, text)
         await self.send({"type": "response.content_part.done", **ids, "part": part})
         item_status = "completed" if status == "completed" else "incomplete"
-        item = openai_events.assistant_item(reply.item_id, item_status, reply.audio, text)
+        item = openai_events.assistant_item(
+            self.events.dialect, reply.item_id, item_status, reply.audio, text
+        )
         await self.send(
             {"type": "response.output_item.done", "response_id": reply.response_id,
              "output_index": 0, "item": item}

@@ -1,0 +1,257 @@
+"""Unmodified OpenAI SDK clients (the pinned ``openai`` package) against the whole stack.
+
+Realtime GA (``client.realtime``) and beta (``client.beta.realtime``), each with server VAD
+and with manual turns; the Audio API (``audio.speech.create``) in every format; the model
+list. Every server event is validated against the SDK's own event types for the client's
+dialect, any ``error`` event fails the test, and warnings are errors (the SDK's pydantic
+models warn when a server sends a field of the wrong shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import typing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+from openai.types.beta.realtime.realtime_server_event import (
+    RealtimeServerEvent as BetaServerEvent,
+)
+from openai.types.realtime.realtime_server_event import RealtimeServerEvent as GaServerEvent
+from pydantic import BaseModel
+
+from services.common.audio import resample
+from tests.helpers.clips import phrase, silence
+from tests.helpers.redis import RedisServer
+from tests.helpers.stack import Stack, running_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("error")]
+RATE_HZ = 24_000  # OpenAI's pcm16
+CHUNK_S = 0.1
+EVENT_TIMEOUT_S = 60.0
+
+
+def _event_models(union: Any) -> dict[str, type[BaseModel]]:
+    """The SDK's server event classes by their ``type`` literal."""
+    members = typing.get_args(typing.get_args(union)[0])
+    return {m.model_fields["type"].annotation.__args__[0]: m for m in members}
+
+
+SERVER_EVENTS = {"ga": _event_models(GaServerEvent), "beta": _event_models(BetaServerEvent)}
+NAMES = {  # the reply's audio / transcript / text deltas, per dialect
+    "ga": ("response.output_audio.delta", "response.output_audio_transcript.delta",
+           "response.output_text.delta"),
+    "beta": ("response.audio.delta", "response.audio_transcript.delta", "response.text.delta"),
+}  # fmt: skip
+
+
+@pytest.fixture
+async def stack(tiny_pack: Path, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(
+        tiny_pack, redis_server.url, tmp_path, controller={"turn": {"seed": 7}}
+    ) as running:
+        yield running
+
+
+def sdk(stack: Stack) -> AsyncOpenAI:
+    # websocket_base_url: the beta client always dials wss:// unless told otherwise
+    return AsyncOpenAI(
+        base_url=f"{stack.url}/v1",
+        websocket_base_url=stack.url.replace("http", "ws") + "/v1",
+        api_key="sk-test",
+        max_retries=0,
+    )
+
+
+def question_24k() -> np.ndarray:
+    return resample(phrase("What is the weather like today?"), 16_000, RATE_HZ)
+
+
+@dataclass
+class Conversation:
+    """One realtime connection: every event checked as it arrives, and kept."""
+
+    connection: Any
+    dialect: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def next(self) -> dict[str, Any]:
+        raw = await self.connection.recv_bytes()
+        event = json.loads(raw)
+        model = SERVER_EVENTS[self.dialect].get(event["type"])
+        assert model is not None, f"{event['type']} is not a {self.dialect} event"
+        model.model_validate_json(raw)  # the SDK's own type, validated
+        self.connection.parse_event(raw).model_dump()  # what a client does: warns on misfit
+        assert event["type"] != "error", event
+        assert event["event_id"]
+        self.events.append(event)
+        return event
+
+    async def until(self, kind: str) -> dict[str, Any]:
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while (event := await self.next())["type"] != kind:
+                pass
+        return event
+
+    def since(self, start: int, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events[start:] if e["type"] == kind]
+
+    async def speak(self, samples: np.ndarray, *, trailing_silence_s: float) -> None:
+        """Append audio at real-time pace (as a microphone would), 100 ms at a time."""
+        audio = np.concatenate([samples, silence(trailing_silence_s, RATE_HZ)])
+        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+        step = int(RATE_HZ * CHUNK_S) * 2
+        start = time.monotonic()
+        for index, offset in enumerate(range(0, len(pcm), step)):
+            chunk = base64.b64encode(pcm[offset : offset + step]).decode()
+            await self.connection.input_audio_buffer.append(audio=chunk)
+            await asyncio.sleep(max(0.0, start + (index + 1) * CHUNK_S - time.monotonic()))
+
+
+def session_update(dialect: str, *, manual: bool) -> dict[str, Any]:
+    vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500,
+           "prefix_padding_ms": 300, "create_response": True,
+           "interrupt_response": True}  # fmt: skip
+    detection = None if manual else vad
+    if dialect == "ga":
+        return {
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "instructions": "Answer briefly.",
+            "max_output_tokens": 24,
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": RATE_HZ},
+                          "turn_detection": detection, "transcription": None},
+                "output": {"format": {"type": "audio/pcm", "rate": RATE_HZ}, "voice": "alloy"},
+            },
+            "tool_choice": "auto",  # valid OpenAI fields this server ignores
+            "tools": [],
+        }  # fmt: skip
+    return {
+        "modalities": ["text", "audio"],
+        "instructions": "Answer briefly.",
+        "max_response_output_tokens": 24,
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm16",
+        "input_audio_transcription": None,
+        "turn_detection": detection,
+        "voice": "alloy",
+        "tools": [],
+    }
+
+
+def text_item(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+async def audio_turn(conv: Conversation, *, manual: bool) -> dict[str, Any]:
+    if manual:
+        await conv.speak(question_24k(), trailing_silence_s=0.2)
+        await conv.connection.input_audio_buffer.commit()
+        await conv.until("input_audio_buffer.committed")
+        await conv.connection.response.create()
+    else:
+        await conv.speak(question_24k(), trailing_silence_s=1.0)
+    return await conv.until("response.done")
+
+
+async def text_turn(conv: Conversation, text: str) -> dict[str, Any]:
+    await conv.connection.conversation.item.create(item=text_item(text), previous_item_id=None)
+    await conv.until("conversation.item.created")
+    modalities = "output_modalities" if conv.dialect == "ga" else "modalities"
+    await conv.connection.response.create(
+        response={
+            modalities: ["audio"] if conv.dialect == "ga" else ["audio", "text"],
+            "instructions": "Be brief.",
+        }  # fmt: skip
+    )
+    return await conv.until("response.done")
+
+
+def check_reply(conv: Conversation, start: int, done: dict[str, Any]) -> None:
+    audio_name, transcript_name, _ = NAMES[conv.dialect]
+    response = done["response"]
+    assert response["status"] == "completed", response
+    assert conv.since(start, audio_name), "no reply audio"
+    assert conv.since(start, transcript_name), "no transcript deltas"
+    pcm = b"".join(base64.b64decode(e["delta"]) for e in conv.since(start, audio_name))
+    assert len(pcm) > 0 and len(pcm) % 2 == 0
+    [item] = response["output"]
+    assert item["role"] == "assistant" and item["status"] == "completed"
+    transcript = "".join(e["delta"] for e in conv.since(start, transcript_name))
+    assert item["content"][0]["transcript"] == transcript == response["text"]
+    usage = response["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert usage["output_token_details"]["audio_tokens"] > 0
+    assert usage["output_token_details"]["text_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    created = conv.since(start, "conversation.item.created")
+    assert [e["item"]["role"] for e in created][-1] == "assistant"
+    assert created[-1]["item"]["id"] == item["id"]
+
+
+@asynccontextmanager
+async def conversation(client: AsyncOpenAI, dialect: str) -> AsyncIterator[Conversation]:
+    realtime = client.realtime if dialect == "ga" else client.beta.realtime
+    async with realtime.connect(model="step-audio-chat") as connection:
+        yield Conversation(connection, dialect)
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["server_vad", "manual"])
+@pytest.mark.parametrize("dialect", ["ga", "beta"])
+async def test_realtime_session_with_the_sdk(stack: Stack, dialect: str, manual: bool) -> None:
+    """Three turns (audio, text, audio) then a reply cancelled mid-way, one session."""
+    async with conversation(sdk(stack), dialect) as conv:
+        created = (await conv.until("session.created"))["session"]
+        assert created["id"]
+        await conv.connection.session.update(session=session_update(dialect, manual=manual))
+        session = (await conv.until("session.updated"))["session"]
+        if dialect == "ga":
+            assert session["type"] == "realtime"
+            assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": RATE_HZ}
+            detection = session["audio"]["input"]["turn_detection"]
+        else:
+            assert session["input_audio_format"] == session["output_audio_format"] == "pcm16"
+            detection = session["turn_detection"]
+        if manual:
+            assert detection is None
+        else:
+            assert detection["type"] == "server_vad" and detection["silence_duration_ms"] == 500
+            assert detection["prefix_padding_ms"] == 300
+
+        start = len(conv.events)
+        done = await audio_turn(conv, manual=manual)
+        check_reply(conv, start, done)
+        user = conv.since(start, "conversation.item.created")[0]["item"]
+        assert user["role"] == "user" and user["content"][0]["type"] == "input_audio"
+        assert done["response"]["usage"]["input_token_details"]["audio_tokens"] > 0
+        speech = conv.since(start, "input_audio_buffer.speech_started")
+        assert bool(speech) is not manual  # no VAD events in manual mode
+        if speech:
+            assert speech[0]["item_id"] == user["id"]
+
+        start = len(conv.events)
+        check_reply(conv, start, await text_turn(conv, "Tell me about the sea."))
+
+        start = len(conv.events)
+        check_reply(conv, start, await audio_turn(conv, manual=manual))
+
+        # cancel mid-reply: after the first audio, before the end
+        await conv.connection.conversation.item.create(item=text_item("Count to ten."))
+        await conv.connection.response.create()
+        await conv.until(NAMES[dialect][0])
+        await conv.connection.response.cancel()
+        cancelled = (await conv.until("response.done"))["response"]
+        assert cancelled["status"] == "cancelled"
+        assert cancelled["status_details"]["reason"] == "client_cancelled"
+        assert cancelled["output"][0]["status"] == "incomplete"
+        assert len(conv.since(0, "response.done")) == 4
