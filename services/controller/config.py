@@ -115,5 +115,5 @@ class ControllerSettings(StrictEnvSettings):
     )
     voice_aliases: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_ALIASES),
-        description="OpenAI voice name → registered voice (JSON object).",
+        description="OpenAI voice name → registered voice (JSON; default: all → Tingting).",
     )

@@ -185,13 +185,24 @@ def error_event(
     return {"type": "error", "error": error}
 
 
-class SpeechRequest(_Strict):
-    """POST /v1/audio/speech (OpenAI-compatible body)."""
+class VoiceId(_Strict):
+    id: str = Field(max_length=128)
 
-    model: str = Field("step-audio-tts-3b", max_length=128)
+
+class SpeechRequest(_Strict):
+    """POST /v1/audio/speech (OpenAI-compatible body; ``sample_rate`` and ``seed`` are the
+    project's extensions)."""
+
+    model: str = Field("step-audio-tts-3b", max_length=128)  # any name: one TTS is served
     input: str
-    voice: str | None = Field(None, max_length=128)
-    response_format: Literal["wav", "pcm", "flac", "mp3"] = "wav"
+    voice: str | VoiceId | None = Field(None)
+    instructions: str | None = Field(None, max_length=4096)  # → Step-Audio tags (voices.py)
+    response_format: Literal["wav", "pcm", "flac", "mp3", "opus", "aac"] = "wav"
     speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
     sample_rate: int | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @property
+    def voice_name(self) -> str | None:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 import typing
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
@@ -62,14 +64,16 @@ async def stack(tiny_pack: Path, redis_server: RedisServer, tmp_path: Path) -> A
         yield running
 
 
-def sdk(stack: Stack) -> AsyncOpenAI:
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
     # websocket_base_url: the beta client always dials wss:// unless told otherwise
-    return AsyncOpenAI(
+    async with AsyncOpenAI(
         base_url=f"{stack.url}/v1",
         websocket_base_url=stack.url.replace("http", "ws") + "/v1",
         api_key="sk-test",
         max_retries=0,
-    )
+    ) as sdk:
+        yield sdk
 
 
 def question_24k() -> np.ndarray:
@@ -208,9 +212,11 @@ async def conversation(client: AsyncOpenAI, dialect: str) -> AsyncIterator[Conve
 
 @pytest.mark.parametrize("manual", [False, True], ids=["server_vad", "manual"])
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
-async def test_realtime_session_with_the_sdk(stack: Stack, dialect: str, manual: bool) -> None:
+async def test_realtime_session_with_the_sdk(
+    client: AsyncOpenAI, dialect: str, manual: bool
+) -> None:
     """Three turns (audio, text, audio) then a reply cancelled mid-way, one session."""
-    async with conversation(sdk(stack), dialect) as conv:
+    async with conversation(client, dialect) as conv:
         created = (await conv.until("session.created"))["session"]
         assert created["id"]
         await conv.connection.session.update(session=session_update(dialect, manual=manual))
@@ -255,3 +261,72 @@ async def test_realtime_session_with_the_sdk(stack: Stack, dialect: str, manual:
         assert cancelled["status_details"]["reason"] == "client_cancelled"
         assert cancelled["output"][0]["status"] == "incomplete"
         assert len(conv.since(0, "response.done")) == 4
+
+
+def record_tts_requests(stack: Stack) -> list[tuple[str, str, float]]:
+    """(text, voice, speed) of every synthesis the TTS engine runs (the real engine runs)."""
+    engine = stack.services["tts"].engine
+    seen: list[tuple[str, str, float]] = []
+    original = engine.synthesize
+
+    def recording(text, voice, options, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((text, voice, options.speed))
+        return original(text, voice, options, **kwargs)
+
+    engine.synthesize = recording
+    return seen
+
+
+def decoded_seconds(data: bytes, fmt: str) -> float:
+    """Decode the body with FFmpeg (PyAV) and check it is the format asked for."""
+    if fmt == "pcm":
+        return len(data) / 2 / RATE_HZ
+    codec = {"mp3": "mp3", "opus": "opus", "aac": "aac", "flac": "flac", "wav": "pcm_s16le"}
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name.startswith(codec[fmt])  # mp3: "mp3float"
+        if fmt == "opus":
+            assert container.format.name == "ogg"
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return samples / stream.codec_context.sample_rate
+
+
+async def test_speech_in_every_format_with_openai_voice_instructions_and_speed(
+    stack: Stack, client: AsyncOpenAI
+) -> None:
+    requests = record_tts_requests(stack)
+    seconds = {}
+    for fmt in ("pcm", "mp3", "opus", "aac", "flac", "wav"):
+        reply = await client.audio.speech.create(
+            model="gpt-4o-mini-tts",
+            voice="alloy",
+            input="Hello there.",
+            instructions="Speak in a cheerful tone, slowly.",
+            speed=1.25,
+            response_format=fmt,
+            extra_body={"seed": 11},  # the same audio each time (the project's extension)
+        )
+        seconds[fmt] = decoded_seconds(reply.content, fmt)
+    assert seconds["pcm"] > 0.1
+    for fmt, duration in seconds.items():  # codecs pad a little (AAC priming, MP3 frames)
+        assert abs(duration - seconds["pcm"]) < 0.15, (fmt, seconds)
+    assert len(requests) == 6
+    # alloy → the configured voice; instructions → Step-Audio tags in front of the text
+    assert set(requests) == {("(高兴1)(慢速1)Hello there.", "Tingting", 1.25)}
+
+
+async def test_speech_speed_changes_the_duration(client: AsyncOpenAI) -> None:
+    seconds = {}
+    for speed in (1.0, 2.0):
+        reply = await client.audio.speech.create(
+            model="tts-1", voice="nova", input="Hello there.", speed=speed,
+            response_format="pcm", extra_body={"seed": 5},
+        )  # fmt: skip
+        seconds[speed] = decoded_seconds(reply.content, "pcm")
+    assert seconds[2.0] < 0.75 * seconds[1.0]
+
+
+async def test_models_list_names_the_served_models(client: AsyncOpenAI) -> None:
+    ids = [model.id async for model in client.models.list()]
+    assert ids == ["step-audio-chat", "step-audio-tts-3b"]
+    assert (await client.models.retrieve("step-audio-chat")).id == "step-audio-chat"
