@@ -53,6 +53,7 @@ from services.controller.protocol import (
     AudioCommitEvent,
     ContentAudio,
     ConversationItem,
+    InputAudioFormat,
     ItemCreateEvent,
     ResponseCancelEvent,
     ResponseCreateEvent,
@@ -316,6 +317,9 @@ class RealtimeSession:
         if normalized.hint and self.events.dialect == "native":
             log.info("session=%s speaks the OpenAI %s dialect", self.session_id, normalized.hint)
             self.events.dialect = normalized.hint  # an OpenAI client the handshake hid
+            if isinstance(event, SessionUpdateEvent) and not event.session.input_audio_format:
+                rate = openai_events.OPENAI_PCM_RATE_HZ  # its audio is OpenAI's 24 kHz
+                event.session.input_audio_format = InputAudioFormat(sample_rate_hz=rate)
         await self._dispatch(event)
 
     def _note_ignored(self, event_type: str, fields: list[str]) -> None:

@@ -24,11 +24,13 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+import websockets
 from openai import AsyncOpenAI
 from openai.types.beta.realtime.realtime_server_event import (
     RealtimeServerEvent as BetaServerEvent,
 )
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent as GaServerEvent
+from openai.types.realtime.session_updated_event import SessionUpdatedEvent as GaSessionUpdated
 from pydantic import BaseModel
 
 from services.common.audio import resample
@@ -38,6 +40,7 @@ from tests.helpers.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("error")]
 RATE_HZ = 24_000  # OpenAI's pcm16
+G711_RATE_HZ = 8_000
 CHUNK_S = 0.1
 EVENT_TIMEOUT_S = 60.0
 
@@ -109,16 +112,35 @@ class Conversation:
     def since(self, start: int, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events[start:] if e["type"] == kind]
 
-    async def speak(self, samples: np.ndarray, *, trailing_silence_s: float) -> None:
+    async def speak(
+        self, samples: np.ndarray, *, trailing_silence_s: float, codec: str = "pcm_s16le"
+    ) -> None:
         """Append audio at real-time pace (as a microphone would), 100 ms at a time."""
-        audio = np.concatenate([samples, silence(trailing_silence_s, RATE_HZ)])
-        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-        step = int(RATE_HZ * CHUNK_S) * 2
+        rate = RATE_HZ if codec == "pcm_s16le" else G711_RATE_HZ
+        data = encode_with_ffmpeg(np.concatenate([samples, silence(trailing_silence_s, rate)]),
+                                  codec, rate)  # fmt: skip
+        step = int(rate * CHUNK_S) * (2 if codec == "pcm_s16le" else 1)
         start = time.monotonic()
-        for index, offset in enumerate(range(0, len(pcm), step)):
-            chunk = base64.b64encode(pcm[offset : offset + step]).decode()
+        for index, offset in enumerate(range(0, len(data), step)):
+            chunk = base64.b64encode(data[offset : offset + step]).decode()
             await self.connection.input_audio_buffer.append(audio=chunk)
             await asyncio.sleep(max(0.0, start + (index + 1) * CHUNK_S - time.monotonic()))
+
+
+def encode_with_ffmpeg(samples: np.ndarray, codec: str, rate_hz: int) -> bytes:
+    """Client audio made by FFmpeg (PyAV), independently of the server's own codec code."""
+    context = av.CodecContext.create(codec, "w")
+    context.sample_rate, context.layout, context.format = rate_hz, "mono", "s16"
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+    frame.sample_rate = rate_hz
+    return b"".join(bytes(p) for p in [*context.encode(frame), *context.encode(None)])
+
+
+def decode_with_ffmpeg(data: bytes, codec: str) -> np.ndarray:
+    context = av.CodecContext.create(codec, "r")
+    context.sample_rate, context.layout = G711_RATE_HZ, "mono"
+    return np.concatenate([f.to_ndarray().ravel() for f in context.decode(av.Packet(data))])
 
 
 def session_update(dialect: str, *, manual: bool) -> dict[str, Any]:
@@ -260,7 +282,19 @@ async def test_realtime_session_with_the_sdk(
         assert cancelled["status"] == "cancelled"
         assert cancelled["status_details"]["reason"] == "client_cancelled"
         assert cancelled["output"][0]["status"] == "incomplete"
-        assert len(conv.since(0, "response.done")) == 4
+
+        # a text-only reply (output_modalities / modalities ["text"]): no TTS at all
+        start = len(conv.events)
+        await conv.connection.conversation.item.create(item=text_item("And in writing?"))
+        modalities = "output_modalities" if dialect == "ga" else "modalities"
+        await conv.connection.response.create(response={modalities: ["text"]})
+        text_only = (await conv.until("response.done"))["response"]
+        audio_name, transcript_name, text_name = NAMES[dialect]
+        assert not conv.since(start, audio_name) and not conv.since(start, transcript_name)
+        text = "".join(e["delta"] for e in conv.since(start, text_name))
+        assert text and text_only["output"][0]["content"][0]["text"] == text
+        assert text_only["usage"]["output_token_details"]["audio_tokens"] == 0
+        assert len(conv.since(0, "response.done")) == 5
 
 
 def record_tts_requests(stack: Stack) -> list[tuple[str, str, float]]:
@@ -330,3 +364,60 @@ async def test_models_list_names_the_served_models(client: AsyncOpenAI) -> None:
     ids = [model.id async for model in client.models.list()]
     assert ids == ["step-audio-chat", "step-audio-tts-3b"]
     assert (await client.models.retrieve("step-audio-chat")).id == "step-audio-chat"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "format_", "codec"),
+    [("ga", {"type": "audio/pcmu"}, "pcm_mulaw"), ("beta", "g711_alaw", "pcm_alaw")],
+)
+async def test_g711_in_and_out(client: AsyncOpenAI, dialect: str, format_: Any, codec: str) -> None:
+    """A manual audio turn in G.711 at 8 kHz; the reply comes back in G.711 too."""
+    async with conversation(client, dialect) as conv:
+        await conv.until("session.created")
+        if dialect == "ga":
+            audio = {"input": {"format": format_, "turn_detection": None},
+                     "output": {"format": format_}}  # fmt: skip
+            session: dict[str, Any] = {"type": "realtime", "audio": audio}
+        else:
+            session = {"input_audio_format": format_, "output_audio_format": format_,
+                       "turn_detection": None}  # fmt: skip
+        await conv.connection.session.update(session=session)
+        updated = (await conv.until("session.updated"))["session"]
+        if dialect == "ga":
+            assert updated["audio"]["output"]["format"] == format_
+        else:
+            assert updated["output_audio_format"] == format_
+        clip = resample(phrase("What is the weather like today?"), 16_000, G711_RATE_HZ)
+        await conv.speak(clip, trailing_silence_s=0.2, codec=codec)
+        await conv.connection.input_audio_buffer.commit()
+        await conv.until("input_audio_buffer.committed")
+        await conv.connection.response.create()
+        done = (await conv.until("response.done"))["response"]
+        assert done["status"] == "completed"
+        reply = b"".join(base64.b64decode(e["delta"]) for e in conv.since(0, NAMES[dialect][0]))
+        samples = decode_with_ffmpeg(reply, codec)
+        assert samples.size == len(reply)  # one byte a sample
+        assert abs(samples.size / G711_RATE_HZ - done["audio_seconds"]) < 0.01
+        assert np.abs(samples).max() > 100  # not silence
+
+
+async def test_shape_reveals_the_dialect_and_bad_values_get_named_errors(stack: Stack) -> None:
+    """A GA client that the handshake hid (no model, no header) is known by its session shape;
+    an invalid OpenAI value still gets invalid_event, naming the client event."""
+    url = stack.url.replace("http", "ws") + "/v1/realtime"
+    async with websockets.connect(url) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"  # native
+        update = {"type": "session.update", "event_id": "evt_1",
+                  "session": {"type": "realtime", "output_modalities": ["audio"]}}  # fmt: skip
+        await ws.send(json.dumps(update))
+        updated = json.loads(await ws.recv())
+        GaSessionUpdated.model_validate(updated)
+        audio_input = updated["session"]["audio"]["input"]
+        assert audio_input["format"] == {"type": "audio/pcm", "rate": RATE_HZ}
+        bad = {"type": "session.update", "event_id": "evt_2",
+               "session": {"audio": {"input": {"turn_detection": {"type": "server_vad",
+                                                                  "threshold": 7}}}}}  # fmt: skip
+        await ws.send(json.dumps(bad))
+        error = json.loads(await ws.recv())
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_event"
+    assert error["error"]["event_id"] == "evt_2" and "threshold" in error["error"]["message"]
