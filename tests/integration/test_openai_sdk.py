@@ -67,15 +67,19 @@ async def stack(tiny_pack: Path, redis_server: RedisServer, tmp_path: Path) -> A
         yield running
 
 
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
+def openai_client(stack: Stack) -> AsyncOpenAI:
     # websocket_base_url: the beta client always dials wss:// unless told otherwise
-    async with AsyncOpenAI(
+    return AsyncOpenAI(
         base_url=f"{stack.url}/v1",
         websocket_base_url=stack.url.replace("http", "ws") + "/v1",
         api_key="sk-test",
         max_retries=0,
-    ) as sdk:
+    )
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
+    async with openai_client(stack) as sdk:
         yield sdk
 
 
@@ -421,3 +425,38 @@ async def test_shape_reveals_the_dialect_and_bad_values_get_named_errors(stack: 
         error = json.loads(await ws.recv())
     assert error["type"] == "error" and error["error"]["code"] == "invalid_event"
     assert error["error"]["event_id"] == "evt_2" and "threshold" in error["error"]["message"]
+
+
+@pytest.mark.parametrize("interrupt", [True, False], ids=["barge_in", "no_interrupt"])
+async def test_speech_during_a_reply_honours_interrupt_response(
+    tiny_pack: Path, redis_server: RedisServer, tmp_path: Path, interrupt: bool
+) -> None:
+    """Server VAD: speech during a reply cancels it (reason turn_detected), unless
+    interrupt_response is false; then the reply plays to its end."""
+    # every clause lasts 6 s (the TTS LM runs to 250 audio ids): the reply outlasts the speech
+    long_clauses = {"ignore_eos": True, "max_audio_tokens": 250}
+    seeded = {"turn": {"seed": 7}}
+    async with (
+        running_stack(
+            tiny_pack, redis_server.url, tmp_path, controller=seeded, tts=long_clauses
+        ) as stack,
+        openai_client(stack) as client,
+        conversation(client, "ga") as conv,
+    ):
+        await conv.until("session.created")
+        session = session_update("ga", manual=False)
+        session["audio"]["input"]["turn_detection"]["interrupt_response"] = interrupt
+        await conv.connection.session.update(session=session)
+        await conv.until("session.updated")
+        await conv.connection.conversation.item.create(item=text_item("Tell me a story."))
+        await conv.connection.response.create()
+        await conv.until("response.output_audio.delta")
+        await conv.speak(question_24k(), trailing_silence_s=0.2)
+        done = (await conv.until("response.done"))["response"]
+        assert conv.since(0, "input_audio_buffer.speech_started")
+        if interrupt:
+            assert done["status"] == "cancelled"
+            assert done["status_details"]["reason"] == "turn_detected"
+        else:
+            assert done["status"] == "completed"
+            assert done["audio_seconds"] > 5.0  # all of its first 6 s clause
