@@ -460,3 +460,20 @@ async def test_speech_during_a_reply_honours_interrupt_response(
         else:
             assert done["status"] == "completed"
             assert done["audio_seconds"] > 5.0  # all of its first 6 s clause
+
+
+async def test_speech_as_server_sent_events(client: AsyncOpenAI) -> None:
+    events = []
+    async with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="coral", input="Hello there.", response_format="pcm",
+        stream_format="sse", extra_body={"seed": 11},
+    ) as response:  # fmt: skip
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    *deltas, done = events
+    assert deltas and all(e["type"] == "speech.audio.delta" for e in deltas)
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert len(pcm) > 0.1 * RATE_HZ * 2 and len(pcm) % 2 == 0
+    assert done["type"] == "speech.audio.done" and done["usage"]["output_tokens"] > 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
 from collections.abc import AsyncIterator
 
@@ -67,8 +69,6 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
         return error_response(
             ErrorCode.TEXT_TOO_LONG, f"input is over {state.settings.limits.max_text_chars} chars"
         )
-    if body.stream_format == "sse":
-        return error_response(ErrorCode.INVALID_ARGUMENT, "stream_format: only 'audio' is served")
     rate = body.sample_rate or (24_000 if body.response_format == "pcm" else NATIVE_RATE_HZ)
     if rate not in (16_000, 22_050, 24_000):
         return error_response(
@@ -90,8 +90,10 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc, "tts")
-    chunks = _pcm_chunks(call, first)
+    audio_ids = [0]  # TTS audio ids generated (usage of the SSE stream)
+    chunks = _pcm_chunks(call, first, audio_ids)
     media = MEDIA_TYPES[body.response_format]
+    stream: AsyncIterator[bytes]
     if body.response_format == "flac":
         try:
             pcm = np.concatenate([c async for c in chunks] or [np.zeros(0, np.float32)])
@@ -99,21 +101,45 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
             return rpc_error_response(exc, "tts")
         buffer = io.BytesIO()
         sf.write(buffer, pcm, rate, format="FLAC", subtype="PCM_16")
-        return Response(buffer.getvalue(), media_type=media)
-    if body.response_format in CODECS:
-        return StreamingResponse(
-            encode_stream(chunks, body.response_format, rate), media_type=media
-        )
-    encode = {"wav": _wav_stream, "pcm": _pcm_stream, "mp3": _mp3_stream}[body.response_format]
-    return StreamingResponse(encode(chunks, rate), media_type=media)
+        if body.stream_format == "audio":
+            return Response(buffer.getvalue(), media_type=media)
+        stream = _once(buffer.getvalue())
+    elif body.response_format in CODECS:
+        stream = encode_stream(chunks, body.response_format, rate)
+    else:
+        encode = {"wav": _wav_stream, "pcm": _pcm_stream, "mp3": _mp3_stream}
+        stream = encode[body.response_format](chunks, rate)
+    if body.stream_format == "sse":
+        return StreamingResponse(_sse_events(stream, audio_ids), media_type="text/event-stream")
+    return StreamingResponse(stream, media_type=media)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _sse_events(stream: AsyncIterator[bytes], audio_ids: list[int]) -> AsyncIterator[bytes]:
+    """OpenAI's speech SSE: speech.audio.delta events (base64 of the encoded audio), then
+    speech.audio.done with usage (output tokens: the TTS LM's audio ids; the TTS service does
+    not report the text side, so input_tokens is 0)."""
+    async for data in stream:
+        if data:
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield f"data: {json.dumps(delta)}\n\n".encode()
+    usage = {"input_tokens": 0, "output_tokens": audio_ids[0], "total_tokens": audio_ids[0]}
+    done = {"type": "speech.audio.done", "usage": usage}
+    yield f"data: {json.dumps(done)}\n\n".encode()
 
 
 async def _pcm_chunks(
-    call: grpc.aio.UnaryStreamCall, first: tts_pb2.SynthesizeResponse | object
+    call: grpc.aio.UnaryStreamCall,
+    first: tts_pb2.SynthesizeResponse | object,
+    audio_ids: list[int],
 ) -> AsyncIterator[np.ndarray]:
     reply = first
     while reply is not grpc.aio.EOF:
         assert isinstance(reply, tts_pb2.SynthesizeResponse)
+        audio_ids[0] += len(reply.token_ids)
         if reply.audio.data:
             yield pcm_from_chunk(reply.audio)
         reply = await call.read()
