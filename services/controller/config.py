@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import KeepaliveSettings, LogFormat, StrictEnvSettings
 from services.common.tracing import TracingSettings
+from services.controller.voices import DEFAULT_ALIASES
 
 Pipeline = Literal["cascade", "end_to_end"]
 OUTPUT_RATES_HZ = (16_000, 22_050, 24_000)
@@ -118,4 +119,8 @@ class ControllerSettings(StrictEnvSettings):
     )
     rpc_timeout_s: float = Field(
         60, gt=0, le=3600, description="Deadline of one streaming call to a service (s)."
+    )
+    voice_aliases: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ALIASES),
+        description="OpenAI voice name → registered voice (JSON; default: all → Tingting).",
     )

@@ -29,9 +29,16 @@ class SessionSettings:
     voice: str
     system_prompt: str
     input_sample_rate_hz: int = 16_000
+    input_encoding: str = "pcm16"  # pcm16 | g711_ulaw | g711_alaw
     output_sample_rate_hz: int = 24_000
+    output_encoding: str = "pcm16"
     output_transport: str = "json"
+    audio_output: bool = True  # False: text-only replies (output_modalities ["text"])
+    speed: float = 1.0  # TTS speaking rate
     turn_detection: str = "server_vad"
+    prefix_padding_ms: int = 200  # audio before the detected speech start kept in the turn
+    create_response: bool = True  # server_vad: reply at end of turn
+    interrupt_response: bool = True  # server_vad: speech cancels a reply (barge-in)
     silence_ms: int = 600
     min_speech_ms: int = 250
     vad_threshold: float = 0.5
@@ -77,11 +84,16 @@ class SessionSettings:
             "max_reply_tokens": update.max_response_output_tokens,
             "audio_turns_kept": update.audio_turns_kept,
             "transcribe": update.transcribe,
+            "speed": update.speed,
         }
+        if update.output_modalities is not None:
+            changes["audio_output"] = "audio" in update.output_modalities
         if update.input_audio_format is not None:
             changes["input_sample_rate_hz"] = update.input_audio_format.sample_rate_hz
+            changes["input_encoding"] = update.input_audio_format.type
         if update.output_audio_format is not None:
             changes["output_sample_rate_hz"] = update.output_audio_format.sample_rate_hz
+            changes["output_encoding"] = update.output_audio_format.type
             changes["output_transport"] = update.output_audio_format.transport
         if update.turn_detection is not None:
             detection = update.turn_detection
@@ -91,6 +103,9 @@ class SessionSettings:
                 "min_speech_ms": detection.min_speech_duration_ms,
                 "vad_threshold": detection.threshold,
                 "speculate_after_ms": detection.speculate_after_ms,
+                "prefix_padding_ms": detection.prefix_padding_ms,
+                "create_response": detection.create_response,
+                "interrupt_response": detection.interrupt_response,
             }
         changed = set()
         for name, value in changes.items():

@@ -166,11 +166,14 @@ class InputAudio:
 
     # -- utterances ------------------------------------------------------------------------
 
-    def start_utterance(self, start_sample: int | None, *, stream_tokens: bool) -> None:
-        """Capture from ``start_sample`` (from the pre-roll) onwards; None = from now."""
+    def start_utterance(
+        self, start_sample: int | None, *, stream_tokens: bool, pad_ms: int = SPEECH_PAD_MS
+    ) -> None:
+        """Capture from ``start_sample`` less ``pad_ms`` (from the pre-roll) onwards;
+        None = from now."""
         self.utterance = []
         if start_sample is not None:
-            first = max(0, start_sample - SPEECH_PAD_MS * RATE_HZ // 1000)
+            first = max(0, start_sample - pad_ms * RATE_HZ // 1000)
             for chunk_start, chunk in self._preroll:
                 if chunk_start + chunk.size > first:
                     self.utterance.append(chunk[max(0, first - chunk_start) :])

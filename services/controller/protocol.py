@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from services.controller.audio_formats import G711_RATE_HZ
 from services.controller.config import OUTPUT_RATES_HZ, Pipeline
 
 
@@ -18,18 +19,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+AudioEncoding = Literal["pcm16", "g711_ulaw", "g711_alaw"]
+Modality = Literal["text", "audio"]
+
+
+def _g711_rate(encoding: str, rate_hz: int | None) -> int | None:
+    """G.711 is 8 kHz by definition; other rates are refused rather than silently changed."""
+    if encoding == "pcm16":
+        return rate_hz
+    if rate_hz not in (None, G711_RATE_HZ):
+        raise ValueError(f"{encoding} is {G711_RATE_HZ} Hz")
+    return G711_RATE_HZ
+
+
 class InputAudioFormat(_Strict):
-    type: Literal["pcm16"] = "pcm16"
+    type: AudioEncoding = "pcm16"
     sample_rate_hz: int = Field(16_000, ge=8_000, le=48_000)
+
+    def model_post_init(self, _context: Any) -> None:
+        explicit = self.sample_rate_hz if "sample_rate_hz" in self.model_fields_set else None
+        self.sample_rate_hz = _g711_rate(self.type, explicit) or self.sample_rate_hz
 
 
 class OutputAudioFormat(_Strict):
-    type: Literal["pcm16"] = "pcm16"
+    type: AudioEncoding = "pcm16"
     sample_rate_hz: int = 24_000
     transport: Literal["json", "binary"] = "json"  # base64 in response.audio.delta, or binary
 
     def model_post_init(self, _context: Any) -> None:
-        if self.sample_rate_hz not in OUTPUT_RATES_HZ:
+        explicit = self.sample_rate_hz if "sample_rate_hz" in self.model_fields_set else None
+        self.sample_rate_hz = _g711_rate(self.type, explicit) or self.sample_rate_hz
+        if self.type == "pcm16" and self.sample_rate_hz not in OUTPUT_RATES_HZ:
             raise ValueError(f"output sample_rate_hz must be one of {OUTPUT_RATES_HZ}")
 
 
@@ -39,6 +59,9 @@ class TurnDetection(_Strict):
     min_speech_duration_ms: int | None = Field(None, ge=30, le=5000)
     threshold: float | None = Field(None, ge=0.05, le=0.95)
     speculate_after_ms: int | None = Field(None, ge=50, le=5000)
+    prefix_padding_ms: int | None = Field(None, ge=0, le=1000)  # audio kept before speech start
+    create_response: bool | None = None  # reply at end of turn (server_vad)
+    interrupt_response: bool | None = None  # speech cancels a reply in progress (barge-in)
 
 
 class SessionConfig(_Strict):
@@ -47,6 +70,8 @@ class SessionConfig(_Strict):
     input_audio_format: InputAudioFormat | None = None
     output_audio_format: OutputAudioFormat | None = None
     turn_detection: TurnDetection | None = None
+    output_modalities: list[Modality] | None = Field(None, min_length=1, max_length=2)
+    speed: float | None = Field(None, ge=0.25, le=4.0)
     speculative: bool | None = None
     pipeline: Pipeline | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -78,14 +103,19 @@ class AudioClearEvent(_Strict):
 
 
 class ContentText(_Strict):
-    type: Literal["input_text", "text"] = "input_text"
+    type: Literal["input_text", "text", "output_text"] = "input_text"
     text: str
+
+
+class ContentAudio(_Strict):
+    type: Literal["input_audio"]
+    audio: str = Field(max_length=8 * 1024 * 1024)  # base64, in the session's input format
 
 
 class ConversationItem(_Strict):
     type: Literal["message"] = "message"
-    role: Literal["user"] = "user"
-    content: list[ContentText] = Field(min_length=1, max_length=16)
+    role: Literal["user", "assistant"] = "user"
+    content: list[ContentText | ContentAudio] = Field(min_length=1, max_length=16)
 
 
 class ItemCreateEvent(_Strict):
@@ -94,14 +124,27 @@ class ItemCreateEvent(_Strict):
     item: ConversationItem
 
 
+class ResponseOptions(_Strict):
+    """Per-response overrides (OpenAI's ``response`` object of response.create)."""
+
+    output_modalities: list[Modality] | None = Field(None, min_length=1, max_length=2)
+    instructions: str | None = Field(None, max_length=8000)
+    voice: str | None = Field(None, max_length=128)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_output_tokens: int | None = Field(None, ge=1, le=8192)
+    metadata: dict[str, str] | None = None  # echoed in response.created / response.done
+
+
 class ResponseCreateEvent(_Strict):
     type: Literal["response.create"]
     event_id: str | None = None
+    response: ResponseOptions | None = None
 
 
 class ResponseCancelEvent(_Strict):
     type: Literal["response.cancel"]
     event_id: str | None = None
+    response_id: str | None = None
 
 
 ClientEvent = Annotated[
@@ -129,22 +172,37 @@ CLIENT_EVENT_TYPES = frozenset(
 )
 
 
-def error_event(code: str, message: str, event_type: str | None = None) -> dict[str, Any]:
+def error_event(
+    code: str, message: str, event_type: str | None = None, client_event_id: str | None = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"type": "invalid_request_error", "code": code, "message": message}
     if code in ("internal_error", "llm_unavailable", "tts_unavailable", "vad_unavailable"):
         error["type"] = "server_error"
     if event_type:
         error["event_type"] = event_type
+    if client_event_id:
+        error["event_id"] = client_event_id  # OpenAI: the id of the client event that failed
     return {"type": "error", "error": error}
 
 
-class SpeechRequest(_Strict):
-    """POST /v1/audio/speech (OpenAI-compatible body)."""
+class VoiceId(_Strict):
+    id: str = Field(max_length=128)
 
-    model: str = Field("step-audio-tts-3b", max_length=128)
+
+class SpeechRequest(_Strict):
+    """POST /v1/audio/speech (OpenAI-compatible body; ``sample_rate`` and ``seed`` are the
+    project's extensions)."""
+
+    model: str = Field("step-audio-tts-3b", max_length=128)  # any name: one TTS is served
     input: str
-    voice: str | None = Field(None, max_length=128)
-    response_format: Literal["wav", "pcm", "flac", "mp3"] = "wav"
+    voice: str | VoiceId | None = Field(None)
+    instructions: str | None = Field(None, max_length=4096)  # → Step-Audio tags (voices.py)
+    response_format: Literal["wav", "pcm", "flac", "mp3", "opus", "aac"] = "wav"
     speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
     sample_rate: int | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @property
+    def voice_name(self) -> str | None:
+        return self.voice.id if isinstance(self.voice, VoiceId) else self.voice

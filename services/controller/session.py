@@ -28,29 +28,37 @@ import uuid
 from typing import Any
 
 import grpc
+import numpy as np
 from fastapi import WebSocket
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from stepaudio.serving.v1 import llm_pb2, vad_pb2
 
-from services.common.audio import AudioError, pcm16_to_float
+from services.common.audio import AudioError, resample
 from services.common.errors import ErrorCode, code_from_rpc_error
 from services.common.tracing import TurnTrace
+from services.controller import openai_events
+from services.controller.audio_formats import decode_input
 from services.controller.context import (
     SessionSettings,
     build_messages,
     transcription_messages,
 )
 from services.controller.input_audio import InputAudio
+from services.controller.openai_events import Dialect, EdgeError, EventRenderer
 from services.controller.protocol import (
     CLIENT_EVENT,
     CLIENT_EVENT_TYPES,
     AudioAppendEvent,
     AudioClearEvent,
     AudioCommitEvent,
+    ContentAudio,
+    ConversationItem,
+    InputAudioFormat,
     ItemCreateEvent,
     ResponseCancelEvent,
     ResponseCreateEvent,
+    ResponseOptions,
     SessionUpdateEvent,
     error_event,
 )
@@ -63,6 +71,7 @@ from services.controller.turn import (
     ResponseRunner,
     ResponseSink,
 )
+from services.controller.voices import resolve_voice
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +88,31 @@ _VAD_RESUMED = vad_pb2.SpeechEvent.SPEECH_RESUMED
 _VAD_STOPPED = vad_pb2.SpeechEvent.SPEECH_STOPPED
 
 
+REALTIME_MODEL = "step-audio-chat"  # the model named in OpenAI session objects
+
+
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, event_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.event_id = event_id  # the client event that failed, if it had an id
 
 
 class Reply:
     """A running (or held) response with its bookkeeping."""
 
-    def __init__(self, response_id: str, sink: ResponseSink, speculative: bool) -> None:
+    def __init__(
+        self, response_id: str, sink: ResponseSink, speculative: bool, options: ResponseOptions
+    ) -> None:
         self.response_id = response_id
+        self.item_id = sink.item_id  # the assistant item (and stored turn) it produces
         self.sink = sink
         self.progress = sink.progress
         self.speculative = speculative
+        self.options = options
+        self.audio = True  # audio out (else text only)
+        self.input_audio_tokens = 0  # audio ids in its prompt (usage)
+        self.cancel_reason: str | None = None  # OpenAI status_details.reason
         self.task: asyncio.Task[None] | None = None
         self.user_turn: Turn | None = None  # the turn this reply answers (stored on commit)
         self.end_of_speech = time.monotonic()
@@ -101,9 +121,12 @@ class Reply:
 class RealtimeSession:
     def __init__(
         self, ws: WebSocket, state: ControllerState, session_id: str, settings: SessionSettings,
-        turns: list[Turn],
+        turns: list[Turn], dialect: Dialect = "native",
     ) -> None:  # fmt: skip
         self.ws = ws
+        self.events = EventRenderer(dialect)
+        self._noted: set[str] = set()  # ignored OpenAI fields already logged
+        self._speech_item_id: str | None = None  # the user item the current speech becomes
         self.state = state
         self.session_id = session_id
         self.settings = settings
@@ -127,22 +150,27 @@ class RealtimeSession:
 
     @classmethod
     async def open(
-        cls, ws: WebSocket, state: ControllerState, session_id: str | None
-    ) -> tuple[RealtimeSession, bool, bool]:
+        cls, ws: WebSocket, state: ControllerState, session_id: str | None,
+        dialect: Dialect = "native",
+    ) -> tuple[RealtimeSession, bool, bool]:  # fmt: skip
         """Resume ``session_id`` from Redis or start a new session.
 
         Returns (session, resumed, expired): ``expired`` when the asked-for id was not found.
+        OpenAI clients start with OpenAI's input format (PCM16 at 24 kHz).
         """
         defaults = SessionSettings.from_defaults(state.settings.turn)
+        if dialect != "native":
+            defaults.input_sample_rate_hz = openai_events.OPENAI_PCM_RATE_HZ
         if session_id and SESSION_ID.fullmatch(session_id):
             try:
                 record = await state.store.load(session_id)
                 settings = defaults.merged(record.settings)
-                return cls(ws, state, session_id, settings, record.turns), True, False
+                session = cls(ws, state, session_id, settings, record.turns, dialect)
+                return session, True, False
             except SessionNotFound:
                 pass
         new_id = await state.store.create(defaults.to_dict())
-        return cls(ws, state, new_id, defaults, []), False, bool(session_id)
+        return cls(ws, state, new_id, defaults, [], dialect), False, bool(session_id)
 
     async def run(self, *, resumed: bool, expired: bool) -> None:
         writer = asyncio.create_task(self._writer(), name=f"ws-writer-{self.session_id}")
@@ -182,13 +210,23 @@ class RealtimeSession:
             await self.ws.close(code=1012, reason="draining")
 
     def _describe(self) -> dict[str, Any]:
-        return {"id": self.session_id, **self.settings.to_dict(), "turns": len(self.turns)}
+        if self.events.dialect == "native":
+            return {"id": self.session_id, **self.settings.to_dict(), "turns": len(self.turns)}
+        described = openai_events.describe_session(
+            self.events.dialect, self.settings, self.session_id, REALTIME_MODEL
+        )
+        return {**described, "turns": len(self.turns)}
 
     # -- outbound --------------------------------------------------------------------------
 
     async def send(self, event: dict[str, Any] | bytes, response_id: str | None = None) -> None:
         if self.closed:
             return
+        if isinstance(event, dict):
+            rendered = self.events.render(event)  # the client's dialect, with an event_id
+            if rendered is None:
+                return
+            event = rendered
         item = (event, response_id)
         try:
             self._outbound.put_nowait(item)  # the usual case: no wait
@@ -241,17 +279,20 @@ class RealtimeSession:
                     await self._on_text(message.get("text") or "")
                 self._protocol_errors = 0
             except ProtocolError as exc:
-                await self._protocol_error(exc.code, str(exc))
+                await self._protocol_error(exc.code, str(exc), client_event_id=exc.event_id)
                 if self._protocol_errors > self.state.settings.limits.max_protocol_errors:
                     await self.ws.close(code=1008, reason="too many protocol errors")
                     return
         if writer.done() and writer.exception() is not None:
             log.info("writer ended session=%s: %s", self.session_id, writer.exception())
 
-    async def _protocol_error(self, code: str, message: str, event_type: str | None = None) -> None:
+    async def _protocol_error(
+        self, code: str, message: str, event_type: str | None = None,
+        client_event_id: str | None = None,
+    ) -> None:  # fmt: skip
         self._protocol_errors += 1
         self.state.metrics.record_error(code)
-        await self.send(error_event(code, message, event_type))
+        await self.send(error_event(code, message, event_type, client_event_id))
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -260,15 +301,36 @@ class RealtimeSession:
             raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc.msg}") from exc
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "an event is a JSON object with a type")
+        event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
         if raw["type"] not in CLIENT_EVENT_TYPES:
-            raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event type {raw['type']!r}")
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_EVENT, f"unknown event type {raw['type']!r}", event_id
+            )
         try:
-            event = CLIENT_EVENT.validate_python(raw)
+            normalized = openai_events.normalize_client_event(raw)
+            event = CLIENT_EVENT.validate_python(normalized.event)
+        except EdgeError as exc:
+            raise ProtocolError(ErrorCode.INVALID_EVENT, str(exc), event_id) from exc
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"][1:])
-            raise ProtocolError(ErrorCode.INVALID_EVENT, f"{where}: {first['msg']}") from exc
+            message = f"{where}: {first['msg']}"
+            raise ProtocolError(ErrorCode.INVALID_EVENT, message, event_id) from exc
+        self._note_ignored(raw["type"], normalized.ignored)
+        if normalized.hint and self.events.dialect == "native":
+            log.info("session=%s speaks the OpenAI %s dialect", self.session_id, normalized.hint)
+            self.events.dialect = normalized.hint  # an OpenAI client the handshake hid
+            if isinstance(event, SessionUpdateEvent) and not event.session.input_audio_format:
+                rate = openai_events.OPENAI_PCM_RATE_HZ  # its audio is OpenAI's 24 kHz
+                event.session.input_audio_format = InputAudioFormat(sample_rate_hz=rate)
         await self._dispatch(event)
+
+    def _note_ignored(self, event_type: str, fields: list[str]) -> None:
+        """Valid OpenAI fields with no meaning here: accepted, logged once per session."""
+        new = [f for f in fields if f not in self._noted]
+        if new:
+            self._noted.update(new)
+            log.info("session=%s %s: ignored OpenAI fields %s", self.session_id, event_type, new)
 
     async def _dispatch(self, event: object) -> None:
         match event:
@@ -288,11 +350,12 @@ class RealtimeSession:
                     self.audio.start_utterance(None, stream_tokens=False)
                 await self.send({"type": "input_audio_buffer.cleared"})
             case ItemCreateEvent(item=item):
-                await self._create_text_item("".join(part.text for part in item.content))
-            case ResponseCreateEvent():
-                await self._start_reply(time.monotonic())
+                await self._create_item(item)
+            case ResponseCreateEvent(response=options):
+                await self._start_reply(time.monotonic(), options or ResponseOptions())
             case ResponseCancelEvent():
                 if self.reply is not None:
+                    self.reply.cancel_reason = "client_cancelled"
                     await self._interrupt_reply("client")
 
     def _on_audio(self, data: bytes) -> None:
@@ -300,7 +363,7 @@ class RealtimeSession:
         if len(data) > limit:
             raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"audio frame over {limit} bytes")
         try:
-            samples = pcm16_to_float(data)
+            samples = decode_input(data, self.settings.input_encoding)
         except AudioError as exc:
             raise ProtocolError(exc.code, str(exc)) from exc
         self.audio.push(samples)
@@ -311,6 +374,10 @@ class RealtimeSession:
     # -- session settings --------------------------------------------------------------------
 
     async def _update_session(self, update: Any) -> None:
+        if update.voice:
+            update = update.model_copy(
+                update={"voice": resolve_voice(update.voice, self.state.settings.voice_aliases)}
+            )
         candidate = SessionSettings(**self.settings.to_dict())
         changed = candidate.apply(update)
         if "pipeline" in changed and candidate.pipeline == "end_to_end":
@@ -399,6 +466,7 @@ class RealtimeSession:
                 {
                     "type": "input_audio_buffer.speech_stopped",
                     "audio_end_ms": self._ms(event.audio_ms),
+                    "item_id": self._speech_item_id or "",
                 }
             )
             await self._commit_audio()
@@ -407,22 +475,32 @@ class RealtimeSession:
         return self.audio.session_sample(vad_ms) * 1000 // 16_000
 
     async def _on_speech_started(self, event: vad_pb2.SpeechEvent) -> None:
-        if self.reply is not None:  # barge-in
+        barge_in = self.reply is not None and self.settings.interrupt_response
+        if barge_in and self.reply is not None:
             self._drop(self.reply.response_id)  # its queued audio never leaves
+        self._speech_item_id = uuid.uuid4().hex
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
                 "audio_start_ms": self._ms(event.audio_ms),
+                "item_id": self._speech_item_id,
             }
         )
-        if self.reply is not None:
+        if barge_in and self.reply is not None:
+            self.reply.cancel_reason = "turn_detected"
             await self._interrupt_reply("barge_in")
         self._trace.start(event.traceparent)  # continues the VAD's speech span
         self._user_speaking = True
-        self.audio.start_utterance(self.audio.session_sample(event.audio_ms), stream_tokens=True)
+        self.audio.start_utterance(
+            self.audio.session_sample(event.audio_ms),
+            stream_tokens=True,
+            pad_ms=self.settings.prefix_padding_ms,
+        )
 
     def _on_pause(self) -> None:
         if not self.settings.speculative or self.speculation is not None or self.reply is not None:
+            return
+        if not self.settings.create_response:  # no automatic reply, so nothing to speculate
             return
         if not self.state.speculation.has_room():
             self.state.metrics.speculations.labels(outcome="shed").inc()
@@ -430,7 +508,7 @@ class RealtimeSession:
         audio = self.audio.utterance_audio()
         if audio.size < 16_000 * self.settings.min_speech_ms // 1000:
             return
-        reply = self._new_reply(time.monotonic(), speculative=True)
+        reply = self._new_reply(time.monotonic(), ResponseOptions(), speculative=True)
         self.speculation = reply
         reply.task = asyncio.create_task(self._run_speculation(reply, audio))
         self.state.speculation.track(reply.task)
@@ -478,40 +556,96 @@ class RealtimeSession:
         self.state.metrics.tokenizer_tail.observe(time.monotonic() - end_of_speech)
         if self.settings.turn_detection != "server_vad":
             self.audio.start_utterance(None, stream_tokens=False)  # push-to-talk keeps capturing
+        item_id, self._speech_item_id = self._speech_item_id or uuid.uuid4().hex, None
         if not token_ids:
             await self.send(
                 error_event(ErrorCode.EMPTY_AUDIO, "the committed audio holds no speech")
             )
             return
-        turn = Turn(role="user", audio_token_ids=token_ids)
+        turn = Turn(role="user", audio_token_ids=token_ids, id=item_id)
+        previous = self._last_item_id()
         await self._store_turn(turn)
-        await self.send({"type": "input_audio_buffer.committed", "item_id": turn.id})
-        await self.send({"type": "conversation.item.created", "item": self._item(turn)})
+        await self.send(
+            {"type": "input_audio_buffer.committed", "item_id": turn.id,
+             "previous_item_id": previous}
+        )  # fmt: skip
+        await self._item_created(turn, previous)
         if self.settings.transcribe:
             self._spawn(self._transcribe(turn))
-        if self.settings.turn_detection == "server_vad":
+        if self.settings.turn_detection == "server_vad" and self.settings.create_response:
             if self.speculation is not None:
                 await self._commit_speculation(end_of_speech)
-            else:
-                await self._start_reply(end_of_speech)
+            elif self.reply is None:  # interrupt_response false: the reply in progress goes on
+                await self._start_reply(end_of_speech, ResponseOptions())
 
-    async def _create_text_item(self, text: str) -> None:
-        text = text.strip()
+    async def _create_item(self, item: ConversationItem) -> None:
+        """conversation.item.create: a user text or audio message, or an assistant message
+        (text) that primes the context."""
+        audio_parts = [p for p in item.content if isinstance(p, ContentAudio)]
+        if audio_parts:
+            if item.role != "user" or len(audio_parts) != len(item.content):
+                raise ProtocolError(
+                    ErrorCode.INVALID_EVENT, "input_audio: one user message of audio parts only"
+                )
+            await self._create_audio_item(audio_parts)
+            return
+        text = "".join(getattr(part, "text", "") for part in item.content).strip()
         if not text:
             raise ProtocolError(ErrorCode.EMPTY_TEXT, "the item has no text")
         limit = self.state.settings.limits.max_text_chars
         if len(text) > limit:
             raise ProtocolError(ErrorCode.TEXT_TOO_LONG, f"text is over {limit} characters")
-        turn = Turn(role="user", text=text)
+        turn = Turn(role=item.role, text=text)
+        previous = self._last_item_id()
         await self._store_turn(turn)
-        await self.send({"type": "conversation.item.created", "item": self._item(turn)})
+        await self._item_created(turn, previous)
 
-    @staticmethod
-    def _item(turn: Turn) -> dict[str, Any]:
+    async def _create_audio_item(self, parts: list[ContentAudio]) -> None:
+        samples = []
+        for part in parts:
+            try:
+                data = base64.b64decode(part.audio, validate=True)
+                samples.append(decode_input(data, self.settings.input_encoding))
+            except (binascii.Error, ValueError) as exc:
+                raise ProtocolError(ErrorCode.INVALID_AUDIO, "audio is not base64") from exc
+            except AudioError as exc:
+                raise ProtocolError(exc.code, str(exc)) from exc
+        audio = resample(np.concatenate(samples), self.settings.input_sample_rate_hz, 16_000)
+        try:
+            token_ids = await self.audio.tokenize(audio)
+        except grpc.aio.AioRpcError as exc:
+            await self._service_error(exc, "tokenizer")
+            return
+        if not token_ids:
+            raise ProtocolError(ErrorCode.EMPTY_AUDIO, "the item's audio holds no speech")
+        turn = Turn(role="user", audio_token_ids=token_ids)
+        previous = self._last_item_id()
+        await self._store_turn(turn)
+        await self._item_created(turn, previous)
+        if self.settings.transcribe:
+            self._spawn(self._transcribe(turn))
+
+    def _last_item_id(self) -> str | None:
+        return self.turns[-1].id if self.turns else None
+
+    async def _item_created(self, turn: Turn, previous: str | None) -> None:
+        await self.send(
+            {"type": "conversation.item.created", "previous_item_id": previous,
+             "item": self._item(turn)}
+        )  # fmt: skip
+
+    def _item(self, turn: Turn) -> dict[str, Any]:
         content: dict[str, Any] = {"type": "input_text", "text": turn.text}
-        if turn.audio_token_ids:
-            content = {"type": "input_audio", "audio_tokens": len(turn.audio_token_ids)}
-        return {"id": turn.id, "type": "message", "role": turn.role, "content": [content]}
+        if turn.role == "assistant":
+            content = openai_events.assistant_content(self.events.dialect, False, turn.text)
+        elif turn.audio_token_ids:
+            content = {
+                "type": "input_audio",
+                "transcript": turn.transcript,
+                "audio_tokens": len(turn.audio_token_ids),  # extension
+            }
+        return {"id": turn.id, "object": "realtime.item", "type": "message", "role": turn.role,
+                "status": "completed", "content": [content]}  # fmt: skip
 
     async def _store_turn(self, turn: Turn) -> None:
         """Keep the turn in memory (the live call goes on) and in Redis (for resumes)."""
@@ -540,9 +674,13 @@ class RealtimeSession:
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _new_reply(self, end_of_speech: float, *, speculative: bool) -> Reply:
+    def _new_reply(
+        self, end_of_speech: float, options: ResponseOptions, *, speculative: bool
+    ) -> Reply:
         response_id = f"resp_{uuid.uuid4().hex[:20]}"
         limits = self.state.settings.limits
+        modalities = options.output_modalities
+        audio = self.settings.audio_output if modalities is None else "audio" in modalities
         sink = ResponseSink(
             self.send,
             response_id,
@@ -551,13 +689,17 @@ class RealtimeSession:
             lead_s=limits.output_lead_ms / 1000,
             held=speculative,
             progress=ResponseProgress(),
+            item_id=uuid.uuid4().hex,
+            text_type=self.events.transcript_delta_type(audio),
+            encoding=self.settings.output_encoding,
         )
-        reply = Reply(response_id, sink, speculative)
+        reply = Reply(response_id, sink, speculative, options)
+        reply.audio = audio
         reply.end_of_speech = end_of_speech
         self._trace.response(response_id, speculative=speculative)
         return reply
 
-    async def _start_reply(self, end_of_speech: float) -> None:
+    async def _start_reply(self, end_of_speech: float, options: ResponseOptions) -> None:
         if self.reply is not None:
             await self.send(
                 error_event(ErrorCode.INVALID_EVENT, "a response is already in progress")
@@ -566,7 +708,7 @@ class RealtimeSession:
         if not self.turns or self.turns[-1].role != "user":
             await self.send(error_event(ErrorCode.INVALID_EVENT, "nothing to respond to"))
             return
-        reply = self._new_reply(end_of_speech, speculative=False)
+        reply = self._new_reply(end_of_speech, options, speculative=False)
         self.reply = reply
         reply.task = asyncio.create_task(self._respond(reply, None))
 
@@ -578,7 +720,7 @@ class RealtimeSession:
         if spec.task.done():
             if not spec.task.cancelled():
                 spec.task.exception()  # retrieved, so asyncio does not warn about it
-            await self._start_reply(end_of_speech)
+            await self._start_reply(end_of_speech, ResponseOptions())
             return
         spec.end_of_speech = end_of_speech
         spec.speculative = True
@@ -591,24 +733,31 @@ class RealtimeSession:
         history = list(self.turns)
         if speculative_turn is not None:
             history.append(speculative_turn)
-        messages, stats = build_messages(
-            self.settings.system_prompt, history, self.settings.audio_turns_kept
-        )
+        options, s = reply.options, self.settings
+        system_prompt = s.system_prompt if options.instructions is None else options.instructions
+        messages, stats = build_messages(system_prompt, history, s.audio_turns_kept)
         self.state.metrics.context_audio_tokens_replaced.inc(stats.audio_tokens_replaced)
         self.state.metrics.context_transcript_tokens.inc(stats.transcript_tokens)
+        parts = [part for message in messages for part in message.content]
+        reply.input_audio_tokens = sum(len(p.audio.token_ids) for p in parts if p.HasField("audio"))
+        voice = s.voice
+        if options.voice:
+            voice = resolve_voice(options.voice, self.state.settings.voice_aliases)
         turn = self.state.settings.turn
         plan = ResponsePlan(
             response_id=reply.response_id,
-            pipeline=self.settings.pipeline,
+            pipeline=s.pipeline,
             messages=messages,
-            voice=self.settings.voice,
-            temperature=self.settings.temperature,
-            max_tokens=self.settings.max_reply_tokens,
+            voice=voice,
+            temperature=s.temperature if options.temperature is None else options.temperature,
+            max_tokens=options.max_output_tokens or s.max_reply_tokens,
             max_prompt_tokens=turn.context_token_budget,
             rpc_timeout_s=self.state.settings.rpc_timeout_s,
             seed=turn.seed,
+            audio=reply.audio,
+            speed=s.speed,
         )
-        await reply.sink.event({"type": "response.created", "response": {"id": reply.response_id}})
+        await self._announce_reply(reply)
         status, error = "completed", None
         try:
             await self._run_with_shedding(reply, plan)
@@ -652,34 +801,101 @@ class RealtimeSession:
                 # the shed request leaves the LLM at its next engine step
                 await asyncio.sleep(SHED_BACKOFF_S * (attempt + 1))
 
+    async def _announce_reply(self, reply: Reply) -> None:
+        """response.created, then the assistant item and its content part (OpenAI's order)."""
+        sink, ids = reply.sink, {"response_id": reply.response_id, "output_index": 0}
+        item = openai_events.assistant_item(
+            self.events.dialect, reply.item_id, "in_progress", audio=reply.audio
+        )
+        part = openai_events.content_part(reply.audio)
+        await sink.event(
+            {"type": "response.created", "response": self._response_object(reply, "in_progress")}
+        )
+        await sink.event({"type": "response.output_item.added", **ids, "item": item})
+        await sink.event(
+            {"type": "conversation.item.created", "previous_item_id": self._last_item_id(),
+             "item": item}
+        )  # fmt: skip
+        await sink.event(
+            {"type": "response.content_part.added", **ids, "item_id": reply.item_id,
+             "content_index": 0, "part": part}
+        )  # fmt: skip
+
+    def _response_object(self, reply: Reply, status: str) -> dict[str, Any]:
+        response: dict[str, Any] = {
+            "id": reply.response_id,
+            "object": "realtime.response",
+            "status": status,
+            **self.events.modalities(reply.audio),
+            "output": [],
+        }
+        if reply.options.metadata is not None:
+            response["metadata"] = reply.options.metadata
+        return response
+
     async def _finish_reply(self, reply: Reply, status: str, interrupted: bool = False) -> None:
-        """Store the assistant turn (what was sent) and report response.done."""
+        """Store the assistant turn (what was sent), close its item, report response.done."""
         progress = reply.progress
         text = (
             progress.text_sent if interrupted else (progress.text_sent or progress.text_generated)
         )
         if text or interrupted:
-            await self._store_turn(Turn(role="assistant", text=text, interrupted=interrupted))
+            turn = Turn(role="assistant", text=text, interrupted=interrupted, id=reply.item_id)
+            await self._store_turn(turn)
         timings = progress.timings_ms(reply.end_of_speech)
         self._observe(reply, timings)
-        done = {
-            "type": "response.done",
-            "response": {
-                "id": reply.response_id,
-                "status": status,
-                "speculative": reply.speculative,
-                "pipeline": self.settings.pipeline,
-                "text": text,
-                "audio_seconds": round(progress.audio_seconds_sent, 3),
-                "audio_tokens": progress.audio_token_ids,
-                "timings_ms": timings,
-            },
+        item = await self._close_item(reply, status, text)
+        response = self._response_object(reply, status)
+        response |= {
+            "output": [item],
+            "usage": self._usage(reply),
+            "status_details": openai_events.status_details(status, reply.cancel_reason, None),
+            # the project's extensions
+            "speculative": reply.speculative,
+            "pipeline": self.settings.pipeline,
+            "text": text,
+            "audio_seconds": round(progress.audio_seconds_sent, 3),
+            "audio_tokens": progress.audio_token_ids,
+            "timings_ms": timings,
         }
         self.state.metrics.responses.labels(status=status).inc()
         self._trace.finished(reply.response_id, status)
         if self.reply is reply:
             self.reply = None
-        await self.send(done)  # after the reply's audio: the writer keeps the order
+        # after the reply's audio: the writer keeps the order
+        await self.send({"type": "response.done", "response": response})
+
+    async def _close_item(self, reply: Reply, status: str, text: str) -> dict[str, Any]:
+        """The *.done events of the reply's content part and item; returns the item."""
+        ids = {"response_id": reply.response_id, "item_id": reply.item_id, "output_index": 0,
+               "content_index": 0}  # fmt: skip
+        if reply.audio:
+            await self.send({"type": "response.audio.done", **ids})
+            await self.send({"type": "response.audio_transcript.done", **ids, "transcript": text})
+        else:
+            await self.send({"type": "response.text.done", **ids, "text": text})
+        part = openai_events.content_part(reply.audio, text)
+        await self.send({"type": "response.content_part.done", **ids, "part": part})
+        item_status = "completed" if status == "completed" else "incomplete"
+        item = openai_events.assistant_item(
+            self.events.dialect, reply.item_id, item_status, reply.audio, text
+        )
+        await self.send(
+            {"type": "response.output_item.done", "response_id": reply.response_id,
+             "output_index": 0, "item": item}
+        )  # fmt: skip
+        return item
+
+    @staticmethod
+    def _usage(reply: Reply) -> dict[str, Any]:
+        p = reply.progress
+        input_audio = min(reply.input_audio_tokens, p.prompt_tokens or reply.input_audio_tokens)
+        return openai_events.usage(
+            input_text=max(0, p.prompt_tokens - input_audio),
+            input_audio=input_audio,
+            output_text=max(0, p.completion_tokens - p.audio_token_ids),
+            output_audio=p.tts_audio_tokens + p.audio_token_ids,
+        )
 
     def _observe(self, reply: Reply, timings: dict[str, float]) -> None:
         m = self.state.metrics
@@ -755,10 +971,19 @@ class RealtimeSession:
         except (RedisError, OSError) as exc:
             await self._store_unavailable(exc)
         self.state.metrics.transcriptions.labels(outcome="completed").inc()
+        audio_tokens = len(turn.audio_token_ids)
         await self.send(
             {
                 "type": "conversation.item.input_audio_transcription.completed",
                 "item_id": turn.id,
+                "content_index": 0,
                 "transcript": turn.transcript,
+                "usage": {
+                    "type": "tokens",
+                    "input_tokens": audio_tokens,
+                    "output_tokens": completion_tokens,
+                    "total_tokens": audio_tokens + completion_tokens,
+                    "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
+                },
             }
         )

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 from stepaudio.serving.v1 import audio_pb2, llm_pb2, llm_pb2_grpc, tts_pb2
 
-from services.common.audio import StreamResampler, float_to_pcm16
+from services.common.audio import StreamResampler
+from services.controller.audio_formats import encode_output
 from services.controller.clients import ServiceClients
+from services.controller.config import OUTPUT_RATES_HZ
 from services.controller.input_audio import QueueRequests
 from services.controller.protocol import error_event
 
@@ -89,9 +91,19 @@ class ResponseProgress:
         return {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()}
 
     text_with_audio: bool = False  # end to end: text and audio come interleaved from one model
+    text_only: bool = False  # output_modalities ["text"]: no TTS, the text is what was sent
+    prompt_tokens: int = 0  # usage, as the LLM service reports it
+    completion_tokens: int = 0
+    tts_audio_tokens: int = 0  # cascade: audio ids the TTS LM generated for what was spoken
+
+    def count_usage(self, reply: llm_pb2.GenerateResponse) -> None:
+        self.prompt_tokens = reply.prompt_tokens or self.prompt_tokens
+        self.completion_tokens = reply.completion_tokens or self.completion_tokens
 
     @property
     def text_sent(self) -> str:
+        if self.text_only:
+            return self.text_generated
         if self.text_with_audio:  # no clause alignment: the text generated while audio flowed
             return self.text_generated if self.audio_seconds_sent else ""
         return " ".join(self.spoken_clauses) if self.spoken_clauses else ""
@@ -110,9 +122,15 @@ class ResponseSink:
         lead_s: float,
         held: bool,
         progress: ResponseProgress,
+        item_id: str = "",
+        text_type: str = "response.text.delta",
+        encoding: str = "pcm16",
     ) -> None:
         self._send = send
         self.response_id = response_id
+        self.item_id = item_id  # the assistant item this reply fills
+        self.text_type = text_type  # the transcript's event name in the client's dialect
+        self.encoding = encoding
         self.output_rate_hz = output_rate_hz
         self.binary_audio = binary_audio
         self.lead_s = lead_s
@@ -135,9 +153,15 @@ class ResponseSink:
             await self._send(event, self.response_id)
 
     async def text_delta(self, delta: str) -> None:
-        await self.event(
-            {"type": "response.text.delta", "response_id": self.response_id, "delta": delta}
-        )
+        await self.event({"type": self.text_type, **self._part_ids(), "delta": delta})
+
+    def _part_ids(self) -> dict[str, Any]:
+        return {
+            "response_id": self.response_id,
+            "item_id": self.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
 
     async def audio(self, pcm: np.ndarray, clause: str | None) -> None:
         """float32 mono at the output rate; sent in ≤100 ms slices so pacing is fine-grained."""
@@ -157,12 +181,12 @@ class ResponseSink:
                 await self._send_audio(payload, seconds)
 
     def _audio_payload(self, pcm: np.ndarray) -> dict[str, Any] | bytes:
-        data = float_to_pcm16(pcm)
+        data = encode_output(pcm, self.encoding)
         if self.binary_audio:
             return data
         return {
             "type": "response.audio.delta",
-            "response_id": self.response_id,
+            **self._part_ids(),
             "delta": base64.b64encode(data).decode("ascii"),
             "sample_rate_hz": self.output_rate_hz,
         }
@@ -232,6 +256,8 @@ class ResponsePlan:
     max_prompt_tokens: int
     rpc_timeout_s: float
     seed: int | None = None
+    audio: bool = True  # False: text only, no TTS
+    speed: float = 1.0
 
 
 def pcm_from_chunk(chunk: audio_pb2.AudioChunk) -> np.ndarray:
@@ -279,6 +305,7 @@ class ResponseRunner:
             async for reply in call:
                 if reply.token_ids:
                     self.sink.mark("llm_first_token")
+                self.progress.count_usage(reply)
                 yield reply
 
         stream = replies()
@@ -292,6 +319,9 @@ class ResponseRunner:
 
     async def _run_cascade(self) -> None:
         """LLM → clauses → TTS (runs ahead) → audio queue → paced playback, all concurrent."""
+        if not self.plan.audio:
+            await self._run_text_only()
+            return
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
         audio: asyncio.Queue[tuple[np.ndarray, str] | None] = asyncio.Queue(maxsize=AUDIO_AHEAD)
         workers = [
@@ -319,6 +349,14 @@ class ResponseRunner:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
+    async def _run_text_only(self) -> None:
+        self.progress.text_only = True
+        async with self._llm_stream(self.clients.llm) as replies:
+            async for reply in replies:
+                if reply.text:
+                    self.progress.text_generated += reply.text
+                    await self.sink.text_delta(reply.text)
+
     async def _speak_clauses(
         self,
         clauses: asyncio.Queue[str | None],
@@ -338,7 +376,9 @@ class ResponseRunner:
     async def _synthesize(
         self, clause: str, index: int, audio: asyncio.Queue[tuple[np.ndarray, str] | None]
     ) -> None:
-        options = tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz)
+        options = tts_pb2.SynthesisOptions(
+            output_sample_rate_hz=self._tts_rate_hz(), speed=self.plan.speed
+        )
         if self.plan.seed is not None:
             options.seed = self.plan.seed + index
         request = tts_pb2.SynthesizeRequest(
@@ -352,6 +392,7 @@ class ResponseRunner:
             async for reply in call:
                 if reply.audio.data:
                     self.sink.mark("tts_first_chunk")
+                    self.progress.tts_audio_tokens += len(reply.token_ids)
                     await audio.put((self._to_output(reply.audio), clause))
         finally:
             call.cancel()  # cancelled while waiting on the queue: the TTS must stop now
@@ -359,6 +400,11 @@ class ResponseRunner:
     async def _play(self, audio: asyncio.Queue[tuple[np.ndarray, str] | None]) -> None:
         while (item := await audio.get()) is not None:
             await self.sink.audio(*item)
+
+    def _tts_rate_hz(self) -> int:
+        """The TTS speaks at the output rate where it can; 8 kHz (G.711) is resampled here."""
+        rate = self.sink.output_rate_hz
+        return rate if rate in OUTPUT_RATES_HZ else 16_000
 
     def _flush_output(self) -> np.ndarray:
         """The resampler's last samples (its filter delay), once the audio has ended."""
@@ -417,7 +463,7 @@ class ResponseRunner:
         config = tts_pb2.VocodeRequest.VocodeConfig(
             request_id=self.plan.response_id,
             voice=self.plan.voice,
-            options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self.sink.output_rate_hz),
+            options=tts_pb2.SynthesisOptions(output_sample_rate_hz=self._tts_rate_hz()),
         )
         requests = QueueRequests(
             groups,

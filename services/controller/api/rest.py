@@ -1,8 +1,10 @@
-"""REST: POST /v1/audio/speech (OpenAI-compatible) and /v1/voices."""
+"""REST: POST /v1/audio/speech and GET /v1/models (OpenAI-compatible), and /v1/voices."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
 from collections.abc import AsyncIterator
 
@@ -12,18 +14,22 @@ import numpy as np
 import soundfile as sf
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from stepaudio.serving.v1 import tts_pb2
+from stepaudio.serving.v1 import llm_pb2, tts_pb2
 
 from services.common.audio import AudioError, decode_audio_file, float_to_pcm16, resample
 from services.common.errors import ErrorCode, code_from_rpc_error, http_status_for
 from services.controller.input_audio import pcm16_chunk
 from services.controller.protocol import SpeechRequest
+from services.controller.speech_encoding import CODECS, encode_stream
 from services.controller.state import ControllerState
 from services.controller.turn import pcm_from_chunk
+from services.controller.voices import apply_instructions, resolve_voice
 
 router = APIRouter(prefix="/v1")
 NATIVE_RATE_HZ = 22_050
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg"}
+MEDIA_TYPES |= {name: codec.media_type for name, codec in CODECS.items()}
+TTS_MODEL = "step-audio-tts-3b"
 
 
 def error_response(code: str, message: str) -> JSONResponse:
@@ -71,9 +77,12 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     options = tts_pb2.SynthesisOptions(output_sample_rate_hz=rate, speed=body.speed)
     if body.seed is not None:
         options.seed = body.seed
+    voice = resolve_voice(
+        body.voice_name or state.settings.turn.voice, state.settings.voice_aliases
+    )
     call = state.clients.tts.Synthesize(
         tts_pb2.SynthesizeRequest(
-            text=text, voice=body.voice or state.settings.turn.voice, options=options
+            text=apply_instructions(text, body.instructions), voice=voice, options=options
         ),
         timeout=state.settings.rpc_timeout_s,
     )
@@ -81,8 +90,10 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc, "tts")
-    chunks = _pcm_chunks(call, first)
+    audio_ids = [0]  # TTS audio ids generated (usage of the SSE stream)
+    chunks = _pcm_chunks(call, first, audio_ids)
     media = MEDIA_TYPES[body.response_format]
+    stream: AsyncIterator[bytes]
     if body.response_format == "flac":
         try:
             pcm = np.concatenate([c async for c in chunks] or [np.zeros(0, np.float32)])
@@ -90,18 +101,45 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
             return rpc_error_response(exc, "tts")
         buffer = io.BytesIO()
         sf.write(buffer, pcm, rate, format="FLAC", subtype="PCM_16")
-        return Response(buffer.getvalue(), media_type=media)
-    encode = {"wav": _wav_stream, "pcm": _pcm_stream, "mp3": _mp3_stream}[body.response_format]
-    return StreamingResponse(encode(chunks, rate), media_type=media)
+        if body.stream_format == "audio":
+            return Response(buffer.getvalue(), media_type=media)
+        stream = _once(buffer.getvalue())
+    elif body.response_format in CODECS:
+        stream = encode_stream(chunks, body.response_format, rate)
+    else:
+        encode = {"wav": _wav_stream, "pcm": _pcm_stream, "mp3": _mp3_stream}
+        stream = encode[body.response_format](chunks, rate)
+    if body.stream_format == "sse":
+        return StreamingResponse(_sse_events(stream, audio_ids), media_type="text/event-stream")
+    return StreamingResponse(stream, media_type=media)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _sse_events(stream: AsyncIterator[bytes], audio_ids: list[int]) -> AsyncIterator[bytes]:
+    """OpenAI's speech SSE: speech.audio.delta events (base64 of the encoded audio), then
+    speech.audio.done with usage (output tokens: the TTS LM's audio ids; the TTS service does
+    not report the text side, so input_tokens is 0)."""
+    async for data in stream:
+        if data:
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield f"data: {json.dumps(delta)}\n\n".encode()
+    usage = {"input_tokens": 0, "output_tokens": audio_ids[0], "total_tokens": audio_ids[0]}
+    done = {"type": "speech.audio.done", "usage": usage}
+    yield f"data: {json.dumps(done)}\n\n".encode()
 
 
 async def _pcm_chunks(
     call: grpc.aio.UnaryStreamCall[tts_pb2.SynthesizeRequest, tts_pb2.SynthesizeResponse],
     first: tts_pb2.SynthesizeResponse | object,
+    audio_ids: list[int],
 ) -> AsyncIterator[np.ndarray]:
     reply = first
     while reply is not grpc.aio.EOF:
         assert isinstance(reply, tts_pb2.SynthesizeResponse)
+        audio_ids[0] += len(reply.token_ids)
         if reply.audio.data:
             yield pcm_from_chunk(reply.audio)
         reply = await call.read()
@@ -127,6 +165,46 @@ async def _mp3_stream(chunks: AsyncIterator[np.ndarray], rate: int) -> AsyncIter
     async for pcm in chunks:
         yield bytes(encoder.encode(float_to_pcm16(pcm)))
     yield bytes(encoder.flush())
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+async def _served_models(state: ControllerState) -> list[str]:
+    """The Chat model (and the end-to-end one) as the LLM services name them, and the TTS."""
+    names = []
+    for client in (state.clients.llm, state.clients.e2e_llm):
+        if client is not None:
+            info = await client.Info(llm_pb2.InfoRequest(), timeout=10)
+            names.append(info.model_name.lower())
+    return [*names, TTS_MODEL]
+
+
+def _model(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "stepfun"}
+
+
+@router.get("/models", response_model=None)
+async def list_models(request: Request) -> Response:
+    try:
+        names = await _served_models(_state(request))
+    except grpc.aio.AioRpcError as exc:
+        return rpc_error_response(exc, "llm")
+    return JSONResponse({"object": "list", "data": [_model(name) for name in names]})
+
+
+@router.get("/models/{name}", response_model=None)
+async def get_model(name: str, request: Request) -> Response:
+    try:
+        names = await _served_models(_state(request))
+    except grpc.aio.AioRpcError as exc:
+        return rpc_error_response(exc, "llm")
+    if name not in names:
+        return JSONResponse(
+            {"error": {"code": "model_not_found", "message": f"no model {name!r}"}},
+            status_code=404,
+        )
+    return JSONResponse(_model(name))
 
 
 # -- voices --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""WS /v1/realtime: admission, then one RealtimeSession per connection."""
+"""WS /v1/realtime: admission, then one RealtimeSession per connection (in the client's
+dialect: the project's own events, or OpenAI Realtime GA / beta; see openai_events.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 
+from services.controller.openai_events import dialect_from_handshake
 from services.controller.session import RealtimeSession
 from services.controller.state import ControllerState
 
@@ -25,7 +27,8 @@ async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
     try:
         await ws.accept()
         try:
-            session, resumed, expired = await RealtimeSession.open(ws, state, session_id)
+            dialect = dialect_from_handshake(ws.headers, ws.query_params)
+            session, resumed, expired = await RealtimeSession.open(ws, state, session_id, dialect)
         except (RedisError, OSError) as exc:  # no store: no new sessions (readiness is false too)
             log.warning("refusing a session: session store unavailable: %s", exc)
             await ws.close(code=1013, reason="session store unavailable")
