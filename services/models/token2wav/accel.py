@@ -57,8 +57,9 @@ class AccelOptions:
     # frame-rows on an H100 with graphs: a call costs ≈ 40-70 ms + 0.021 ms per frame-row)
     merge_frames: int = 2048
     freeze_hift_weights: bool = True  # compute HiFT's weight-norm weights once
-    hift_graphs: bool = True  # streaming HiFT windows as CUDA graphs (shapes seen twice)
+    hift_graphs: bool = True  # streaming HiFT windows as CUDA graphs
     max_hift_graphs: int = 64
+    hift_capture_after: int = 2  # capture a HiFT window shape the n-th time it is seen
 
     def __post_init__(self) -> None:
         if self.frame_bucket < 1:
@@ -307,7 +308,7 @@ class HiftGraphs:
         key = ("hift", padded, window.shape[2], left, middle)
         if key not in self.graphs:
             self._seen[key] += 1
-            if self._seen[key] < 2 or self.graphs.full():
+            if self._seen[key] < self.options.hift_capture_after or self.graphs.full():
                 return None
         if carry is None:
             carry = phases.new_zeros(phases.shape)  # adding 0 cycles changes nothing
