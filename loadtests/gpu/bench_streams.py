@@ -125,19 +125,26 @@ class LmLoad:
                     self.late_steps += 1
 
 
+def stream_sync() -> None:
+    """Wait for this thread's stream only (a device sync would also wait for the LM load)."""
+    if torch.cuda.is_available():
+        torch.cuda.current_stream().synchronize()
+
+
 class Breakdown:
     """Wall time inside the stages of `decode_chunks` (each wrapped with device syncs)."""
 
-    def __init__(self, model: Token2Wav) -> None:
+    def __init__(self, model: Token2Wav, stage_times: bool) -> None:
         self.seconds: dict[str, float] = {"encoder": 0.0, "flow": 0.0, "hift": 0.0}
         # calls per shape: flow "B x frames", HiFT "B x window frames" (each _push_group)
         self.calls: dict[str, dict[str, list[float]]] = {"flow": {}, "hift_call": {}}
         solver = model.solver
         assert solver is not None
         self._undo: list[tuple[Any, str, Any]] = []
-        self._wrap(MaskedDiffWithXvec, "mu_padded", "encoder")
+        if stage_times:  # each stage between stream syncs: adds syncs, so off by default
+            self._wrap(MaskedDiffWithXvec, "mu_padded", "encoder")
+            self._wrap(streaming_module, "_vocode", "hift")
         self._wrap(solver, "solve", "flow", lambda a: f"{a[0].shape[0]}x{a[1].shape[2]}")
-        self._wrap(streaming_module, "_vocode", "hift")
         self._wrap(streaming_module, "_push_group", "hift_call", lambda a: f"{len(a[0])}")
 
     def _wrap(self, owner: Any, name: str, stage: str, shape: Any = None) -> None:
@@ -146,13 +153,13 @@ class Breakdown:
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             if shape is None:
-                sync()
+                stream_sync()
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 if shape is None:
-                    sync()
+                    stream_sync()
                     self.seconds[stage] += time.perf_counter() - started
                 else:
                     record = self.calls[stage].setdefault(shape(args), [0, 0.0])
@@ -367,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         "'merge_frames=2048;merge_frames=65536,hift_capture_after=1' (empty: as loaded)",
     )
     parser.add_argument(
+        "--stage-times",
+        action="store_true",
+        help="time encoder/HiFT between stream syncs (the extra syncs slow the loop)",
+    )
+    parser.add_argument(
         "--profile-seconds",
         type=float,
         default=0.0,
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     simulate(model, prompts, 8, 4.0, np.random.default_rng(SEED + 1))  # HiFT/alloc warm-up
     result["first_chunk_b1_ms"] = first_chunk_ms(model, prompts[0])
     print(f"first chunk at batch 1: {result['first_chunk_b1_ms']}", flush=True)
-    breakdown = Breakdown(model)
+    breakdown = Breakdown(model, args.stage_times)
     for config in args.configs.split(";"):
         overrides = apply_config(model, config)
         run_streams(model, prompts, args, out, result, breakdown, overrides)

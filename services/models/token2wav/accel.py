@@ -38,6 +38,7 @@ import torch
 from services.models.token2wav.estimator import BasicTransformerBlock, ResnetBlock1D
 from services.models.token2wav.flow import MaskedDiffWithXvec
 from services.models.token2wav.hift import HiFTGenerator, SourceRandomness, WeightNormConv
+from services.models.token2wav.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,21 @@ class AccelOptions:
     cuda_graphs: bool = True  # replay the Euler loop as CUDA graphs (CUDA devices only)
     compile_estimator: bool = False  # torch.compile(dynamic=True) the U-Net inside the graphs
     frame_bucket: int = 64  # frame counts are padded up to a multiple of this
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # largest = most items per call
+    # largest = most items per call; steps of ≤ 1.5× so a call pads at most a third of its
+    # rows (powers of two wasted up to half: 33 items ran as 64)
+    batch_buckets: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
     max_graph_frames: int = 2048  # longer calls (long offline utterances) run eagerly
-    max_graphs: int = 96  # shapes beyond this many run eagerly (padded) instead of capturing
+    max_graphs: int = 160  # shapes beyond this many run eagerly (padded) instead of capturing
     # a group of n items at T frames joins a group at T' > T frames in one call when
-    # n · (T' − T) ≤ merge_frames: the padding costs less than a call's fixed time (≈ 2 000
-    # frame-rows on an H100 with graphs: a call costs ≈ 40-70 ms + 0.021 ms per frame-row)
-    merge_frames: int = 2048
+    # n · (T' − T) ≤ merge_frames. Under load one call per step is cheapest: on an H200 a
+    # call has a fixed cost of ≈ 10-30 ms of launches and the host waits on each call's end,
+    # so the default merges everything (docs/gpu-results.md, issue 19)
+    merge_frames: int = 1 << 20
+    first_chunks_apart: bool = True  # first chunks in their own calls, ahead of the merged one
     freeze_hift_weights: bool = True  # compute HiFT's weight-norm weights once
     hift_graphs: bool = True  # streaming HiFT windows as CUDA graphs
-    max_hift_graphs: int = 64
-    hift_capture_after: int = 2  # capture a HiFT window shape the n-th time it is seen
+    max_hift_graphs: int = 256
+    hift_capture_after: int = 1  # capture a HiFT window shape the n-th time it is seen
 
     def __post_init__(self) -> None:
         if self.frame_bucket < 1:
@@ -347,7 +352,7 @@ def frame_mask(
 ) -> torch.Tensor:
     """(B, 1, frames) with 1 on each item's first `lengths[i]` frames."""
     valid = torch.tensor(list(lengths), dtype=torch.long)[:, None] > torch.arange(frames)[None]
-    return valid[:, None].to(device=device, dtype=dtype)
+    return to_device(valid[:, None], device, dtype)
 
 
 def _pad(x: torch.Tensor, batch: int, frames: int | None) -> torch.Tensor:

@@ -224,12 +224,20 @@ def test_small_groups_join_a_longer_call_when_padding_is_cheap(
         second.next_job()  # tokens [0, 45) done: the next job is [30, 105), longer
         return [first.next_job(), second.next_job()]
 
-    merging = Token2Wav.from_pretrained(vocoder_dir, compile=AccelOptions(frame_bucket=16))
-    separate = Token2Wav.from_pretrained(
-        vocoder_dir, compile=AccelOptions(frame_bucket=16, merge_frames=0)
-    )
+    def load(**options: object) -> Token2Wav:
+        return Token2Wav.from_pretrained(
+            vocoder_dir, compile=AccelOptions(frame_bucket=16, **options)
+        )
+
+    merging = load(first_chunks_apart=False)
+    separate = load(merge_frames=0, first_chunks_apart=False)
     assert _flow_groups(merging, jobs_for(merging)) == [[1, 0]]
     assert _flow_groups(separate, jobs_for(separate)) == [[0], [1]]
+    # by default a first chunk (job 0) gets its own call, ahead of the merged rest
+    apart = load()
+    assert _flow_groups(apart, jobs_for(apart)) == [[0], [1]]
+    later = [job for job in jobs_for(apart) if job.start > 0]
+    assert _flow_groups(apart, later) == [[0]]
 
 
 def test_overlap_add_istft_equals_torch_istft(model: Token2Wav) -> None:
