@@ -307,6 +307,10 @@ def load_model(folder: Path, variant: str, merge_frames: int | None) -> tuple[To
         return load_model(folder, "graphs", merge_frames)
     sync()
     info = {"variant": variant, "graph_shapes": shapes, "capture_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    info["hift_graphs_warmed"] = model.warm_up_hift()  # no captures while streams run
+    sync()
+    info["hift_capture_s"] = time.perf_counter() - started
     return model, info | {"options": {k: str(v) for k, v in options.__dict__.items()}}
 
 

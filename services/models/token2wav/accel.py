@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,8 +280,9 @@ class HiftGraphs:
     """Streaming HiFT windows (F0 → source → decode) as CUDA graphs.
 
     A window shape (batch bucket, window frames, left context, new frames) is captured the
-    second time it is seen — the stream schedule makes first, second and steady chunks repeat
-    the same shapes, while odd final chunks stay eager. Batch padding rows are zeros (HiFT
+    `hift_capture_after`-th time it is seen, or up front by `warm_up` — the stream schedule
+    makes first, second and steady chunks repeat a few shapes (`hift_window_shapes`), while odd
+    final chunks stay eager unless seen often enough. Batch padding rows are zeros (HiFT
     rows are independent). The graphed decode uses `istft_overlap_add` (torch.istft syncs).
     """
 
@@ -304,6 +305,54 @@ class HiftGraphs:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(wav (B, W · spf), new source (B, 1, middle), last phase (B, H)), or None when this
         shape runs eagerly. `left`/`middle` are in samples."""
+        return self._run(window, source_tail, phases, noise, carry, left, middle, False)
+
+    def warm_up(
+        self,
+        shapes: Iterable[tuple[int, int, int]],
+        batch_sizes: Sequence[int] | None = None,
+    ) -> int:
+        """Capture the graphs of these (left, new, right) window shapes in mel frames × batch
+        buckets now, so a live stream never waits for a capture (the first pass of each H200
+        run lost 2× to mid-run captures, docs/gpu-results.md). Inputs are random. Returns how
+        many graphs were captured; none on the CPU."""
+        device = self.hift.stft_window.device
+        if self.disabled or device.type != "cuda":
+            return 0
+        spf, n_mels = self.hift.samples_per_frame, self.hift.config.in_channels
+        harmonics = self.hift.config.nb_harmonics + 1
+        generator = torch.Generator().manual_seed(0)
+        before = self.graphs.captures
+        for left, new, right in sorted(set(shapes)):
+            for batch in batch_sizes or self.options.batch_buckets:
+
+                def rand(*shape: int) -> torch.Tensor:
+                    return torch.randn(*shape, generator=generator).to(device)
+
+                fresh = (new + right) * spf
+                self._run(
+                    rand(batch, n_mels, left + new + right) - 5,
+                    0.1 * rand(batch, 1, left * spf),
+                    rand(batch, harmonics),
+                    rand(batch, harmonics, fresh),
+                    rand(batch, harmonics).abs() if left else None,
+                    left * spf,
+                    new * spf,
+                    True,
+                )
+        return self.graphs.captures - before
+
+    def _run(
+        self,
+        window: torch.Tensor,
+        source_tail: torch.Tensor,
+        phases: torch.Tensor,
+        noise: torch.Tensor,
+        carry: torch.Tensor | None,
+        left: int,
+        middle: int,
+        warming: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         batch = window.shape[0]
         if self.disabled or window.device.type != "cuda" or middle == 0:
             return None
@@ -313,7 +362,8 @@ class HiftGraphs:
         key = ("hift", padded, window.shape[2], left, middle)
         if key not in self.graphs:
             self._seen[key] += 1
-            if self._seen[key] < self.options.hift_capture_after or self.graphs.full():
+            early = self._seen[key] < self.options.hift_capture_after and not warming
+            if early or self.graphs.full():
                 return None
         if carry is None:
             carry = phases.new_zeros(phases.shape)  # adding 0 cycles changes nothing

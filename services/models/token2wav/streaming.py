@@ -112,6 +112,31 @@ class ChunkJob:
     final: bool
 
 
+def hift_window_shapes(
+    model: Token2Wav, options: StreamOptions, tokens: int
+) -> set[tuple[int, int, int]]:
+    """The (left context, new, right context) HiFT window shapes, in mel frames, of every
+    non-final chunk of an utterance of `tokens` codes under `options` — what a stream's
+    schedule makes, found by walking it (mel frames round per absolute token, so steady
+    chunks of one hop come in two or three lengths). Final chunks vary with the utterance's
+    length and are left out."""
+    shapes = set()
+    start, hop, done = 0, options.first_hop_tokens, 0
+    overlap = options.overlap_tokens
+
+    def frame(token: int) -> int:
+        return model.mel_frames(token, options.speed)
+
+    while start + hop + overlap <= tokens:
+        stop = start + hop + overlap
+        new = frame(stop - overlap) - frame(start)
+        right = min(options.hift_right_context_frames, frame(stop) - frame(stop - overlap))
+        shapes.add((min(options.hift_left_context_frames, done), new, right))
+        done += new
+        start, hop = start + hop, options.next_hop(hop)
+    return shapes
+
+
 class Token2WavStream:
     """Feed codes as they arrive; get audio chunks back. One utterance, one speaker.
 
