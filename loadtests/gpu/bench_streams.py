@@ -28,6 +28,7 @@ would run beside it. ``--lm none`` measures token2wav alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -124,36 +125,53 @@ class LmLoad:
                     self.late_steps += 1
 
 
+def stream_sync() -> None:
+    """Wait for this thread's stream only (a device sync would also wait for the LM load)."""
+    if torch.cuda.is_available():
+        torch.cuda.current_stream().synchronize()
+
+
 class Breakdown:
     """Wall time inside the stages of `decode_chunks` (each wrapped with device syncs)."""
 
-    def __init__(self, model: Token2Wav) -> None:
+    def __init__(self, model: Token2Wav, stage_times: bool) -> None:
         self.seconds: dict[str, float] = {"encoder": 0.0, "flow": 0.0, "hift": 0.0}
+        # calls per shape: flow "B x frames", HiFT "B x window frames" (each _push_group)
+        self.calls: dict[str, dict[str, list[float]]] = {"flow": {}, "hift_call": {}}
         solver = model.solver
         assert solver is not None
         self._undo: list[tuple[Any, str, Any]] = []
-        self._wrap(MaskedDiffWithXvec, "mu_padded", "encoder")
-        self._wrap(solver, "solve", "flow")
-        self._wrap(streaming_module, "_vocode", "hift")
+        if stage_times:  # each stage between stream syncs: adds syncs, so off by default
+            self._wrap(MaskedDiffWithXvec, "mu_padded", "encoder")
+            self._wrap(streaming_module, "_vocode", "hift")
+        self._wrap(solver, "solve", "flow", lambda a: f"{a[0].shape[0]}x{a[1].shape[2]}")
+        self._wrap(streaming_module, "_push_group", "hift_call", lambda a: f"{len(a[0])}")
 
-    def _wrap(self, owner: Any, name: str, stage: str) -> None:
+    def _wrap(self, owner: Any, name: str, stage: str, shape: Any = None) -> None:
         original = getattr(owner, name)
         self._undo.append((owner, name, owner.__dict__.get(name)))
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            sync()
+            if shape is None:
+                stream_sync()
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                sync()
-                self.seconds[stage] += time.perf_counter() - started
+                if shape is None:
+                    stream_sync()
+                    self.seconds[stage] += time.perf_counter() - started
+                else:
+                    record = self.calls[stage].setdefault(shape(args), [0, 0.0])
+                    record[0] += 1
+                    record[1] += time.perf_counter() - started
 
         setattr(owner, name, timed)
 
     def reset(self) -> None:
         for key in self.seconds:
             self.seconds[key] = 0.0
+        self.calls = {"flow": {}, "hift_call": {}}
 
 
 @dataclass
@@ -289,6 +307,10 @@ def load_model(folder: Path, variant: str, merge_frames: int | None) -> tuple[To
         return load_model(folder, "graphs", merge_frames)
     sync()
     info = {"variant": variant, "graph_shapes": shapes, "capture_s": time.perf_counter() - started}
+    started = time.perf_counter()
+    info["hift_graphs_warmed"] = model.warm_up_hift()  # no captures while streams run
+    sync()
+    info["hift_capture_s"] = time.perf_counter() - started
     return model, info | {"options": {k: str(v) for k, v in options.__dict__.items()}}
 
 
@@ -349,6 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="compiled", choices=["graphs", "compiled"])
     parser.add_argument("--merge-frames", type=int, help="AccelOptions.merge_frames override")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CPU smoke run)")
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="AccelOptions overrides to sweep in this process, e.g. "
+        "'merge_frames=2048;merge_frames=65536,hift_capture_after=1' (empty: as loaded)",
+    )
+    parser.add_argument(
+        "--stage-times",
+        action="store_true",
+        help="time encoder/HiFT between stream syncs (the extra syncs slow the loop)",
+    )
+    parser.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=0.0,
+        help="after each run, this long again under torch.profiler (tables in profile_streams.txt)",
+    )
     args = parser.parse_args(argv)
     out = out_dir(args.out)
     folder, _ = ensure_folder(args.folder, args.tiny)
@@ -366,11 +405,75 @@ def main(argv: list[str] | None = None) -> int:
     simulate(model, prompts, 8, 4.0, np.random.default_rng(SEED + 1))  # HiFT/alloc warm-up
     result["first_chunk_b1_ms"] = first_chunk_ms(model, prompts[0])
     print(f"first chunk at batch 1: {result['first_chunk_b1_ms']}", flush=True)
-    breakdown = Breakdown(model)
+    breakdown = Breakdown(model, args.stage_times)
+    for config in args.configs.split(";"):
+        overrides = apply_config(model, config)
+        run_streams(model, prompts, args, out, result, breakdown, overrides)
+    print(report(result), flush=True)
+    return 0
+
+
+def apply_config(model: Token2Wav, config: str) -> dict[str, Any]:
+    """Set AccelOptions fields (k=v, comma-separated) on the loaded model's solver and HiFT
+    graphs; returns the overrides."""
+    assert model.solver is not None
+    overrides: dict[str, Any] = {}
+    for item in filter(None, config.split(",")):
+        key, value = item.split("=")
+        current = getattr(model.solver.options, key)
+        if isinstance(current, bool):
+            overrides[key] = value == "1"
+        elif isinstance(current, tuple):
+            overrides[key] = tuple(int(v) for v in value.split(":"))
+        else:
+            overrides[key] = type(current)(value)
+    options = dataclasses.replace(model.solver.options, **overrides)
+    model.solver.options = options
+    model.solver.graphs.max_graphs = options.max_graphs
+    if model.hift_graphs is not None:
+        model.hift_graphs.options = options
+        model.hift_graphs.graphs.max_graphs = options.max_hift_graphs
+    if overrides and torch.cuda.is_available():  # capture new flow shapes before measuring
+        with torch.inference_mode():
+            rate = model.flow.decoder.inference_cfg_rate
+            new = model.solver.warm_up(WARM_FRAMES, N_TIMESTEPS, rate)
+        print(f"config {overrides}: {new} new flow graphs", flush=True)
+    return overrides
+
+
+def profile_run(
+    model: Token2Wav, prompts: list[Any], n: int, seconds: float, out: Path, title: str
+) -> None:
+    """`seconds` of the same simulation under torch.profiler; appends kernel and CPU tables."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        simulate(model, prompts, n, seconds, np.random.default_rng(SEED + n))
+    averages = prof.key_averages()
+    text = [
+        f"\n===== {title}: {seconds:.0f} s under the profiler =====",
+        "-- by device time --",
+        averages.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=90),
+        "-- by host time --",
+        averages.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90),
+    ]
+    with (out / "profile_streams.txt").open("a") as file:
+        file.write("\n".join(text) + "\n")
+
+
+def run_streams(
+    model: Token2Wav,
+    prompts: list[Any],
+    args: argparse.Namespace,
+    out: Path,
+    result: dict[str, Any],
+    breakdown: Breakdown,
+    overrides: dict[str, Any],
+) -> None:
     for lm in args.lm.split(","):
         for n in (int(x) for x in args.streams.split(",")):
             step_ms = 0.0 if lm == "none" else lm_step_ms(lm, n)
             run: dict[str, Any] = {"lm": lm, "streams": n, "lm_step_ms": step_ms}
+            run["config"] = overrides
             run["lm_gpu_fraction"] = step_ms / 1000 * TOKENS_PER_SECOND
             sim_rng = np.random.default_rng(SEED + n)
             breakdown.reset()
@@ -382,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
                 run |= {"lm_steps": load.steps, "lm_late_steps": load.late_steps}
             run |= summarise(sim, args.warmup, args.seconds)
             run["stage_s"] = dict(breakdown.seconds) | {"step_total": sim.busy_s}
+            run["calls"] = {
+                stage: {k: [c, round(t, 4)] for k, (c, t) in sorted(shapes.items())}
+                for stage, shapes in breakdown.calls.items()
+            }
             if model.hift_graphs is not None:
                 run["hift_graphs"] = len(model.hift_graphs.graphs)
                 run["hift_graph_replays"] = model.hift_graphs.graphs.replays
@@ -389,10 +496,15 @@ def main(argv: list[str] | None = None) -> int:
             result["runs"].append(run)
             (out / "bench_streams.json").write_text(json.dumps(result, indent=2))
             print(json.dumps(run), flush=True)
+            if args.profile_seconds > 0 and torch.cuda.is_available() and not overrides:
+                title = f"{overrides or 'as loaded'}, LM {lm}, {n} streams"
+                if lm == "none":
+                    profile_run(model, prompts, n, args.profile_seconds, out, title)
+                else:
+                    with LmLoad(step_ms):
+                        profile_run(model, prompts, n, args.profile_seconds, out, title)
             if not run["holds"] and not args.keep_going:
                 break
-    print(report(result), flush=True)
-    return 0
 
 
 def report(result: dict[str, Any]) -> str:
@@ -405,6 +517,7 @@ def report(result: dict[str, Any]) -> str:
         )
         rows.append(
             [
+                json.dumps(r.get("config") or {}),
                 r["lm"],
                 r["streams"],
                 f"{r['lm_gpu_fraction']:.2f}",
@@ -420,6 +533,7 @@ def report(result: dict[str, Any]) -> str:
         )
     table = markdown_table(
         [
+            "config",
             "LM",
             "streams",
             "LM GPU share",

@@ -44,6 +44,7 @@ for _name in ("kaldi_native_fbank", "soxr", "soundfile"):
         sys.modules[_name] = types.ModuleType(_name)
 
 from services.models.audio_tokens import GROUP_SIZE, TOKENS_PER_SECOND  # noqa: E402
+from services.models.dummy import VOCODER_RELEASED  # noqa: E402
 from services.models.tiny import token2wav as tiny  # noqa: E402
 from services.models.token2wav import (  # noqa: E402
     AccelOptions,
@@ -60,22 +61,7 @@ from services.models.token2wav.yaml_loader import load_hyperpyyaml_safe  # noqa:
 SEED = 0
 PROMPT_CODES = 125  # a 3 s speaker prompt, re-run with every call as upstream does
 CHUNK_CODES = 135  # 3.24 s of audio per batched item
-# tiny yaml → CosyVoice-300M recipe sizes
-RECIPE_SIZES = [
-    ("text_encoder_input_size: 32", "text_encoder_input_size: 512"),
-    ("output_size: 32\n", "output_size: 512\n"),
-    ("attention_heads: 2\n", "attention_heads: 8\n"),
-    ("linear_units: 64\n", "linear_units: 2048\n"),
-    ("num_blocks: 2\n", "num_blocks: 6\n"),
-    ("sampling_ratios: [1, 1]", "sampling_ratios: [1, 1, 1, 1]"),
-    ("channels: [32, 32]", "channels: [256, 256]"),
-    ("attention_head_dim: 16", "attention_head_dim: 64"),
-    ("n_blocks: 1\n", "n_blocks: 4\n"),
-    ("num_mid_blocks: 1\n", "num_mid_blocks: 12\n"),
-    ("num_heads: 2\n", "num_heads: 8\n"),
-    ("base_channels: 32", "base_channels: 512"),
-    ("cond_channels: 32", "cond_channels: 512"),
-]
+RECIPE_SIZES = list(VOCODER_RELEASED)  # tiny yaml → CosyVoice-300M recipe sizes
 
 
 def recipe_yaml(tiny_sizes: bool = False) -> str:

@@ -136,8 +136,9 @@ async def vllm_variant(folder: Path, variant: str, prompts: list[list[int]]) -> 
     from services.lm_engine.vllm_settings import VllmEngineSettings
 
     settings = VllmEngineSettings(
-        compile=variant == "compiled",
+        compile=variant != "stock",
         enforce_eager=variant == "stock",
+        quantization="fp8" if variant == "compiled-fp8" else None,
         max_model_len=4096,
         max_num_seqs=16,
         gpu_memory_utilization=0.3,
@@ -298,7 +299,9 @@ def _agreement(ids: list[list[int]], reference: list[list[int]]) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="of stock, compiled, compiled-fp8"
+    )
     parser.add_argument("--child", nargs=3, metavar=("FOLDER", "VARIANT", "RESULTS"))
     args = parser.parse_args(argv)
     if args.child:

@@ -18,6 +18,7 @@ loading the tiny folder checks the loader's naming. The same seed gives the same
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,40 +46,61 @@ SEMANTIC_CODES = 4096
 ONNX_OPSET = 17
 
 
+@dataclass(frozen=True)
+class ParaformerSize:
+    """SANM encoder sizes (tiny by default; Paraformer-large: 512, 4, 2048, 50 blocks)."""
+
+    output_size: int = OUTPUT_SIZE
+    heads: int = HEADS
+    linear_units: int = LINEAR_UNITS
+    num_blocks: int = NUM_BLOCKS
+    kernel_size: int = KERNEL_SIZE
+
+
+TINY_PARAFORMER = ParaformerSize()
+
+
 def write_tiny_audio_tokenizer(folder: Path, seed: int = 0) -> None:
     """Write the tiny tokenizer folder (``<root>/Step-Audio-Tokenizer``); < 1 MB, deterministic."""
     rng = np.random.default_rng(seed)
+    paraformer = write_paraformer_files(folder, TINY_PARAFORMER, rng)
+    torch.save(_state_dict(rng), paraformer / "model.pt")
+    np.save(folder / layout.LINGUISTIC_CODEBOOK_FILE, sphere(rng, LINGUISTIC_CODES, OUTPUT_SIZE))
+    onnx.save(_semantic_model(rng), folder / layout.SEMANTIC_TOKENIZER_FILE)
+
+
+def write_paraformer_files(folder: Path, size: ParaformerSize, rng: np.random.Generator) -> Path:
+    """config.yaml, configuration.json, tokens.json and am.mvn of the Paraformer folder (not
+    model.pt); returns the folder."""
     paraformer = folder / layout.PARAFORMER_DIR
     paraformer.mkdir(parents=True, exist_ok=True)
-    (paraformer / "config.yaml").write_text(_config_yaml(), encoding="utf-8")
+    (paraformer / "config.yaml").write_text(_config_yaml(size), encoding="utf-8")
     (paraformer / "configuration.json").write_text(_configuration_json(), encoding="utf-8")
     (paraformer / "tokens.json").write_text(
         json.dumps(["<blank>", "<s>", "</s>", "你", "好", "hello", "<unk>"], ensure_ascii=False),
         encoding="utf-8",
     )
     (paraformer / "am.mvn").write_text(_am_mvn(rng), encoding="utf-8")
-    torch.save(_state_dict(rng), paraformer / "model.pt")
-    np.save(folder / layout.LINGUISTIC_CODEBOOK_FILE, _sphere(rng, LINGUISTIC_CODES, OUTPUT_SIZE))
-    onnx.save(_semantic_model(rng), folder / layout.SEMANTIC_TOKENIZER_FILE)
+    return paraformer
 
 
-def _config_yaml() -> str:
+def _config_yaml(size: ParaformerSize) -> str:
     config = {
         "model": "ParaformerStreaming",
         "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "predictor_bias": 1},
         "encoder": "SANMEncoderChunkOpt",
         "encoder_conf": {
-            "output_size": OUTPUT_SIZE,
-            "attention_heads": HEADS,
-            "linear_units": LINEAR_UNITS,
-            "num_blocks": NUM_BLOCKS,
+            "output_size": size.output_size,
+            "attention_heads": size.heads,
+            "linear_units": size.linear_units,
+            "num_blocks": size.num_blocks,
             "dropout_rate": 0.1,
             "positional_dropout_rate": 0.1,
             "attention_dropout_rate": 0.1,
             "input_layer": "pe_online",
             "pos_enc_class": "SinusoidalPositionEncoder",
             "normalize_before": True,
-            "kernel_size": KERNEL_SIZE,
+            "kernel_size": size.kernel_size,
             "sanm_shfit": 0,
             "selfattention_layer_type": "sanm",
             "chunk_size": [12, 15],
@@ -89,15 +111,15 @@ def _config_yaml() -> str:
         },
         "decoder": "ParaformerSANMDecoder",
         "decoder_conf": {
-            "attention_heads": HEADS,
-            "linear_units": LINEAR_UNITS,
+            "attention_heads": size.heads,
+            "linear_units": size.linear_units,
             "num_blocks": 1,
-            "kernel_size": KERNEL_SIZE,
+            "kernel_size": size.kernel_size,
             "sanm_shfit": 5,
         },
         "predictor": "CifPredictorV2",
         "predictor_conf": {
-            "idim": OUTPUT_SIZE,
+            "idim": size.output_size,
             "threshold": 1.0,
             "l_order": 1,
             "r_order": 1,
@@ -155,29 +177,30 @@ def _am_mvn(rng: np.random.Generator) -> str:
     )
 
 
-def _encoder_shapes() -> dict[str, tuple[int, ...]]:
+def encoder_shapes(size: ParaformerSize = TINY_PARAFORMER) -> dict[str, tuple[int, ...]]:
     """FunASR SANMEncoderChunkOpt parameter names and shapes (encoders0 + encoders + after_norm)."""
+    out, units, kernel = size.output_size, size.linear_units, size.kernel_size
     shapes: dict[str, tuple[int, ...]] = {}
     layers = [("encoders0.0", FEATURE_DIM)] + [
-        (f"encoders.{i}", OUTPUT_SIZE) for i in range(NUM_BLOCKS - 1)
+        (f"encoders.{i}", out) for i in range(size.num_blocks - 1)
     ]
     for prefix, in_size in layers:
         shapes |= {
-            f"{prefix}.self_attn.linear_out.weight": (OUTPUT_SIZE, OUTPUT_SIZE),
-            f"{prefix}.self_attn.linear_out.bias": (OUTPUT_SIZE,),
-            f"{prefix}.self_attn.linear_q_k_v.weight": (3 * OUTPUT_SIZE, in_size),
-            f"{prefix}.self_attn.linear_q_k_v.bias": (3 * OUTPUT_SIZE,),
-            f"{prefix}.self_attn.fsmn_block.weight": (OUTPUT_SIZE, 1, KERNEL_SIZE),
-            f"{prefix}.feed_forward.w_1.weight": (LINEAR_UNITS, OUTPUT_SIZE),
-            f"{prefix}.feed_forward.w_1.bias": (LINEAR_UNITS,),
-            f"{prefix}.feed_forward.w_2.weight": (OUTPUT_SIZE, LINEAR_UNITS),
-            f"{prefix}.feed_forward.w_2.bias": (OUTPUT_SIZE,),
+            f"{prefix}.self_attn.linear_out.weight": (out, out),
+            f"{prefix}.self_attn.linear_out.bias": (out,),
+            f"{prefix}.self_attn.linear_q_k_v.weight": (3 * out, in_size),
+            f"{prefix}.self_attn.linear_q_k_v.bias": (3 * out,),
+            f"{prefix}.self_attn.fsmn_block.weight": (out, 1, kernel),
+            f"{prefix}.feed_forward.w_1.weight": (units, out),
+            f"{prefix}.feed_forward.w_1.bias": (units,),
+            f"{prefix}.feed_forward.w_2.weight": (out, units),
+            f"{prefix}.feed_forward.w_2.bias": (out,),
             f"{prefix}.norm1.weight": (in_size,),
             f"{prefix}.norm1.bias": (in_size,),
-            f"{prefix}.norm2.weight": (OUTPUT_SIZE,),
-            f"{prefix}.norm2.bias": (OUTPUT_SIZE,),
+            f"{prefix}.norm2.weight": (out,),
+            f"{prefix}.norm2.bias": (out,),
         }
-    return shapes | {"after_norm.weight": (OUTPUT_SIZE,), "after_norm.bias": (OUTPUT_SIZE,)}
+    return shapes | {"after_norm.weight": (out,), "after_norm.bias": (out,)}
 
 
 def _parameter(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -192,7 +215,7 @@ def _parameter(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> t
 
 
 def _state_dict(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    state = {f"encoder.{n}": _parameter(rng, n, s) for n, s in _encoder_shapes().items()}
+    state = {f"encoder.{n}": _parameter(rng, n, s) for n, s in encoder_shapes().items()}
     # parts of the ASR model the tokenizer never runs; present to prove they are ignored
     extras = {
         "decoder.embed.0.weight": (7, OUTPUT_SIZE),
@@ -205,7 +228,7 @@ def _state_dict(rng: np.random.Generator) -> dict[str, torch.Tensor]:
     return state
 
 
-def _sphere(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+def sphere(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
     """Points of norm sqrt(dim): where layer-normalised vectors live, so every code is reachable."""
     points = rng.standard_normal((count, dim))
     points *= np.sqrt(dim) / np.linalg.norm(points, axis=1, keepdims=True)
@@ -216,7 +239,7 @@ def _semantic_model(rng: np.random.Generator) -> onnx.ModelProto:
     def normal(shape: tuple[int, ...], scale: float) -> np.ndarray:
         return (scale * rng.standard_normal(shape)).astype(np.float32)
 
-    codebook = _sphere(rng, SEMANTIC_CODES, SEMANTIC_DIM)
+    codebook = sphere(rng, SEMANTIC_CODES, SEMANTIC_DIM)
     weights = {
         "conv1.weight": normal((SEMANTIC_CHANNELS, WHISPER_MELS, 3), 1 / np.sqrt(WHISPER_MELS * 3)),
         "conv1.bias": normal((SEMANTIC_CHANNELS,), 0.1),

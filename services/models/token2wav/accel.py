@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch
 from services.models.token2wav.estimator import BasicTransformerBlock, ResnetBlock1D
 from services.models.token2wav.flow import MaskedDiffWithXvec
 from services.models.token2wav.hift import HiFTGenerator, SourceRandomness, WeightNormConv
+from services.models.token2wav.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,21 @@ class AccelOptions:
     cuda_graphs: bool = True  # replay the Euler loop as CUDA graphs (CUDA devices only)
     compile_estimator: bool = False  # torch.compile(dynamic=True) the U-Net inside the graphs
     frame_bucket: int = 64  # frame counts are padded up to a multiple of this
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # largest = most items per call
+    # largest = most items per call; steps of ≤ 1.5× so a call pads at most a third of its
+    # rows (powers of two wasted up to half: 33 items ran as 64)
+    batch_buckets: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
     max_graph_frames: int = 2048  # longer calls (long offline utterances) run eagerly
-    max_graphs: int = 96  # shapes beyond this many run eagerly (padded) instead of capturing
+    max_graphs: int = 160  # shapes beyond this many run eagerly (padded) instead of capturing
     # a group of n items at T frames joins a group at T' > T frames in one call when
-    # n · (T' − T) ≤ merge_frames: the padding costs less than a call's fixed time (≈ 2 000
-    # frame-rows on an H100 with graphs: a call costs ≈ 40-70 ms + 0.021 ms per frame-row)
-    merge_frames: int = 2048
+    # n · (T' − T) ≤ merge_frames. Under load one call per step is cheapest: on an H200 a
+    # call has a fixed cost of ≈ 10-30 ms of launches and the host waits on each call's end,
+    # so the default merges everything (docs/gpu-results.md, issue 19)
+    merge_frames: int = 1 << 20
+    first_chunks_apart: bool = True  # first chunks in their own calls, ahead of the merged one
     freeze_hift_weights: bool = True  # compute HiFT's weight-norm weights once
-    hift_graphs: bool = True  # streaming HiFT windows as CUDA graphs (shapes seen twice)
-    max_hift_graphs: int = 64
+    hift_graphs: bool = True  # streaming HiFT windows as CUDA graphs
+    max_hift_graphs: int = 256
+    hift_capture_after: int = 1  # capture a HiFT window shape the n-th time it is seen
 
     def __post_init__(self) -> None:
         if self.frame_bucket < 1:
@@ -274,8 +280,9 @@ class HiftGraphs:
     """Streaming HiFT windows (F0 → source → decode) as CUDA graphs.
 
     A window shape (batch bucket, window frames, left context, new frames) is captured the
-    second time it is seen — the stream schedule makes first, second and steady chunks repeat
-    the same shapes, while odd final chunks stay eager. Batch padding rows are zeros (HiFT
+    `hift_capture_after`-th time it is seen, or up front by `warm_up` — the stream schedule
+    makes first, second and steady chunks repeat a few shapes (`hift_window_shapes`), while odd
+    final chunks stay eager unless seen often enough. Batch padding rows are zeros (HiFT
     rows are independent). The graphed decode uses `istft_overlap_add` (torch.istft syncs).
     """
 
@@ -298,6 +305,54 @@ class HiftGraphs:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(wav (B, W · spf), new source (B, 1, middle), last phase (B, H)), or None when this
         shape runs eagerly. `left`/`middle` are in samples."""
+        return self._run(window, source_tail, phases, noise, carry, left, middle, False)
+
+    def warm_up(
+        self,
+        shapes: Iterable[tuple[int, int, int]],
+        batch_sizes: Sequence[int] | None = None,
+    ) -> int:
+        """Capture the graphs of these (left, new, right) window shapes in mel frames × batch
+        buckets now, so a live stream never waits for a capture (the first pass of each H200
+        run lost 2× to mid-run captures, docs/gpu-results.md). Inputs are random. Returns how
+        many graphs were captured; none on the CPU."""
+        device = self.hift.stft_window.device
+        if self.disabled or device.type != "cuda":
+            return 0
+        spf, n_mels = self.hift.samples_per_frame, self.hift.config.in_channels
+        harmonics = self.hift.config.nb_harmonics + 1
+        generator = torch.Generator().manual_seed(0)
+        before = self.graphs.captures
+        for left, new, right in sorted(set(shapes)):
+            for batch in batch_sizes or self.options.batch_buckets:
+
+                def rand(*shape: int) -> torch.Tensor:
+                    return torch.randn(*shape, generator=generator).to(device)
+
+                fresh = (new + right) * spf
+                self._run(
+                    rand(batch, n_mels, left + new + right) - 5,
+                    0.1 * rand(batch, 1, left * spf),
+                    rand(batch, harmonics),
+                    rand(batch, harmonics, fresh),
+                    rand(batch, harmonics).abs() if left else None,
+                    left * spf,
+                    new * spf,
+                    True,
+                )
+        return self.graphs.captures - before
+
+    def _run(
+        self,
+        window: torch.Tensor,
+        source_tail: torch.Tensor,
+        phases: torch.Tensor,
+        noise: torch.Tensor,
+        carry: torch.Tensor | None,
+        left: int,
+        middle: int,
+        warming: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         batch = window.shape[0]
         if self.disabled or window.device.type != "cuda" or middle == 0:
             return None
@@ -307,7 +362,8 @@ class HiftGraphs:
         key = ("hift", padded, window.shape[2], left, middle)
         if key not in self.graphs:
             self._seen[key] += 1
-            if self._seen[key] < 2 or self.graphs.full():
+            early = self._seen[key] < self.options.hift_capture_after and not warming
+            if early or self.graphs.full():
                 return None
         if carry is None:
             carry = phases.new_zeros(phases.shape)  # adding 0 cycles changes nothing
@@ -346,7 +402,7 @@ def frame_mask(
 ) -> torch.Tensor:
     """(B, 1, frames) with 1 on each item's first `lengths[i]` frames."""
     valid = torch.tensor(list(lengths), dtype=torch.long)[:, None] > torch.arange(frames)[None]
-    return valid[:, None].to(device=device, dtype=dtype)
+    return to_device(valid[:, None], device, dtype)
 
 
 def _pad(x: torch.Tensor, batch: int, frames: int | None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from services.models.token2wav.config import EncoderConfig
+from services.models.token2wav.transfer import to_device
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "swish": nn.SiLU,
@@ -54,7 +55,7 @@ class PositionalEncoding(nn.Module):
             positions = torch.arange(length - 1, -length, -1, dtype=torch.float32)
         else:
             positions = torch.arange(length, dtype=torch.float32)
-        table = _sinusoid_table(positions, self.d_model).to(x.device, x.dtype).unsqueeze(0)
+        table = to_device(_sinusoid_table(positions, self.d_model), x.device, x.dtype)[None]
         if self.kind == "abs_pos":
             return x * self.xscale + table, table
         return x * self.xscale, table
@@ -247,9 +248,11 @@ class ConformerEncoder(nn.Module):
     def forward(self, xs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """xs (B, T, input_size) → (B, T, output_size); `lengths` masks right padding."""
         mask = None
+        # lengths on the CPU decide without a device sync whether any item is padded
         if lengths is not None and bool((lengths < xs.size(1)).any()):
-            steps = torch.arange(xs.size(1), device=xs.device)
+            steps = torch.arange(xs.size(1), device=lengths.device)
             mask = (steps[None, :] < lengths[:, None]).unsqueeze(1)  # (B, 1, T)
+            mask = to_device(mask, xs.device)
         xs, pos_emb = self.embed(xs)
         for layer in self.encoders:
             xs = layer(xs, mask, pos_emb)

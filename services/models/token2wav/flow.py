@@ -19,6 +19,7 @@ from torch import nn
 from services.models.token2wav.config import FlowConfig, RegulatorConfig
 from services.models.token2wav.encoder import ConformerEncoder
 from services.models.token2wav.estimator import ConditionalDecoder, masked_group_norm
+from services.models.token2wav.transfer import to_device
 
 
 class InterpolateRegulator(nn.Module):
@@ -249,9 +250,9 @@ class MaskedDiffWithXvec(nn.Module):
         tokens = torch.zeros(len(token_rows), max(lengths), dtype=torch.long)
         for i, row in enumerate(token_rows):
             tokens[i, : lengths[i]] = row.cpu()
-        tokens = tokens.to(device)
+        tokens = to_device(tokens, device)
         embedded = self.input_embedding(torch.clamp(tokens, min=0))
-        hidden = self.encoder(embedded, torch.tensor(lengths, device=device))
+        hidden = self.encoder(embedded, torch.tensor(lengths))
         h = self.encoder_proj(hidden)
         frames = [sum(f for _, f in item) for item in segments]
         x = h.new_zeros(len(token_rows), h.shape[2], max(frames))
@@ -259,8 +260,8 @@ class MaskedDiffWithXvec(nn.Module):
             if sum(n for n, _ in item) != lengths[i]:
                 raise ValueError(f"segments of item {i} do not cover its {lengths[i]} tokens")
             x[i, :, : frames[i]] = self.length_regulator.stretch(h[i, : lengths[i]], item)
-        steps = torch.arange(x.shape[2], device=device)
-        mask = (steps[None, :] < torch.tensor(frames, device=device)[:, None])[:, None]
+        steps = torch.arange(x.shape[2])
+        mask = to_device((steps[None, :] < torch.tensor(frames)[:, None])[:, None], device)
         return self.length_regulator.convolve_padded(x, mask.to(x.dtype)), frames
 
     def sample(

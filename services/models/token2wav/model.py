@@ -83,6 +83,19 @@ class Token2Wav:
         self.hift_graphs = HiftGraphs(self.hift, options) if options.hift_graphs else None
         return self
 
+    def warm_up_hift(self, options: StreamOptions | None = None, tokens: int = 5000) -> int:
+        """Capture the streaming HiFT graphs of every non-final window shape that streams with
+        `options` make over `tokens` codes (default 2 minutes), for every batch bucket, before
+        serving (after `compile_for_gpu`; with it `solver.warm_up` for the flow). Returns how
+        many graphs were captured; 0 without HiFT graphs or on the CPU."""
+        from services.models.token2wav.streaming import hift_window_shapes
+
+        if self.hift_graphs is None:
+            return 0
+        shapes = hift_window_shapes(self, options or StreamOptions(), tokens)
+        with torch.inference_mode():
+            return self.hift_graphs.warm_up(shapes)
+
     # --- loading ----------------------------------------------------------------------------
 
     @classmethod

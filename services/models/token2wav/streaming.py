@@ -41,6 +41,7 @@ from services.models.token2wav.controls import (
 )
 from services.models.token2wav.noise import Randomness
 from services.models.token2wav.speakers import SpeakerPrompt
+from services.models.token2wav.transfer import to_device
 
 if TYPE_CHECKING:
     from services.models.token2wav.model import Token2Wav
@@ -109,6 +110,31 @@ class ChunkJob:
     start: int
     stop: int
     final: bool
+
+
+def hift_window_shapes(
+    model: Token2Wav, options: StreamOptions, tokens: int
+) -> set[tuple[int, int, int]]:
+    """The (left context, new, right context) HiFT window shapes, in mel frames, of every
+    non-final chunk of an utterance of `tokens` codes under `options` — what a stream's
+    schedule makes, found by walking it (mel frames round per absolute token, so steady
+    chunks of one hop come in two or three lengths). Final chunks vary with the utterance's
+    length and are left out."""
+    shapes = set()
+    start, hop, done = 0, options.first_hop_tokens, 0
+    overlap = options.overlap_tokens
+
+    def frame(token: int) -> int:
+        return model.mel_frames(token, options.speed)
+
+    while start + hop + overlap <= tokens:
+        stop = start + hop + overlap
+        new = frame(stop - overlap) - frame(start)
+        right = min(options.hift_right_context_frames, frame(stop) - frame(stop - overlap))
+        shapes.add((min(options.hift_left_context_frames, done), new, right))
+        done += new
+        start, hop = start + hop, options.next_hop(hop)
+    return shapes
 
 
 class Token2WavStream:
@@ -332,11 +358,22 @@ def decode_chunks(
     return [r if r is not None else np.zeros(0, dtype=np.float32) for r in results]
 
 
-def _flow_groups(model: Token2Wav, jobs: Sequence[ChunkJob]) -> list[list[int]]:
+def _flow_groups(
+    model: Token2Wav, jobs: Sequence[ChunkJob], apart: bool = True
+) -> list[list[int]]:
     """Job indices per flow call: same (steps, CFG); with a solver, grouped by padded frame
     count (small groups join a longer one when padding is cheaper than another call, see
-    `AccelOptions.merge_frames`), shortest first, at most its largest batch bucket a call."""
+    `AccelOptions.merge_frames`), shortest first, at most its largest batch bucket a call;
+    first chunks (the latency a listener waits for) go in calls of their own, ahead of the
+    rest (`AccelOptions.first_chunks_apart`)."""
     solver = model.solver
+    if apart and solver is not None and solver.options.first_chunks_apart:
+        firsts = [i for i, job in enumerate(jobs) if job.start == 0]
+        if 0 < len(firsts) < len(jobs):  # first chunks in their own calls, ahead of the rest
+            rest = [i for i, job in enumerate(jobs) if job.start != 0]
+            ahead = _flow_groups(model, [jobs[i] for i in firsts], apart=False)
+            behind = _flow_groups(model, [jobs[i] for i in rest], apart=False)
+            return [[firsts[i] for i in g] for g in ahead] + [[rest[i] for i in g] for g in behind]
     groups: dict[tuple[int, int, float], list[int]] = {}
     for i, job in enumerate(jobs):
         frames = job.stream.prompt_frames + job.stream._new_frames(job)
@@ -392,7 +429,7 @@ def _run_flow(
     for i, (stream, job) in enumerate(zip(streams, jobs, strict=True)):
         cond[i, :, : stream.prompt_frames] = stream._prompt_mel[0].T.to(mu.dtype)
         noise[i, :, : lengths[i]] = stream._noise(job)
-    noise = noise.to(model.device)
+    noise = to_device(noise, model.device)
     if model.solver is not None:
         x = model.solver.solve(noise, mu, spks, cond, lengths, n_timesteps, cfg_rate)
     else:
@@ -461,15 +498,16 @@ class _StreamingVocoder:
             return torch.zeros(1, self.mel_tail.shape[1], 0, device=self.device)
         return right_context[:, :, : self.right_frames].to(self.device, torch.float32)
 
-    def _settle(self, wav: torch.Tensor, left: int, middle: int, final: bool) -> np.ndarray:
-        """wav (L,) of this item's window → settled samples; keeps the crossfade tail."""
+    def _settle(self, wav: torch.Tensor, left: int, middle: int, final: bool) -> torch.Tensor:
+        """wav (L,) of this item's window → settled samples (on the device); keeps the
+        crossfade tail."""
         held = self.speech_tail.shape[1]
         keep = 0 if final else min(self.crossfade_samples, middle)
         settled = wav[left - held : left + middle - keep].clone()
         if held:
             settled[:held] = crossfade(self.speech_tail[0], settled[:held])
         self.speech_tail = wav[None, left + middle - keep : left + middle]
-        return settled.cpu().numpy().astype(np.float32)
+        return settled
 
     def _advance(
         self, new_mel: torch.Tensor, new_source: torch.Tensor, last_cycles: torch.Tensor | None
@@ -532,13 +570,16 @@ def _push_group(
     fresh_samples = window.shape[2] * spf - left
     starts = [v.done_frames * spf for v in vocoders]
     carries = [v.carry for v in vocoders]
-    phases = torch.stack([v.randomness.harmonic_phases for v in vocoders]).to(device)
-    noise = torch.stack(
-        [
-            v.randomness.source_rows(start, start + fresh_samples)
-            for v, start in zip(vocoders, starts, strict=True)
-        ]
-    ).to(device)
+    phases = to_device(torch.stack([v.randomness.harmonic_phases for v in vocoders]), device)
+    noise = to_device(
+        torch.stack(
+            [
+                v.randomness.source_rows(start, start + fresh_samples)
+                for v, start in zip(vocoders, starts, strict=True)
+            ]
+        ),
+        device,
+    )
     carry = None if carries[0] is None else torch.cat([c for c in carries if c is not None])
     source_tails = torch.cat([v.source_tail for v in vocoders])
     graphs = first.model.hift_graphs
@@ -554,9 +595,12 @@ def _push_group(
         wav = hift.decode(window, torch.cat([source_tails, fresh_source], dim=2))
         new_source = fresh_source[:, :, :middle]
         last_cycles = cycles[:, :, middle - 1] if middle else None
-    audio = []
+    settled = []
     for i, (vocoder, mel, final) in enumerate(zip(vocoders, mels, finals, strict=True)):
-        audio.append(vocoder._settle(wav[i], left, middle, final))
+        settled.append(vocoder._settle(wav[i], left, middle, final))
         last = None if last_cycles is None else last_cycles[i : i + 1]
         vocoder._advance(mel, new_source[i : i + 1], last)
-    return audio
+    # one device → host copy (one sync) for the whole group, not one per item
+    host = torch.cat(settled).cpu().numpy().astype(np.float32)
+    bounds = np.cumsum([piece.numel() for piece in settled])[:-1]
+    return np.split(host, bounds)

@@ -224,12 +224,20 @@ def test_small_groups_join_a_longer_call_when_padding_is_cheap(
         second.next_job()  # tokens [0, 45) done: the next job is [30, 105), longer
         return [first.next_job(), second.next_job()]
 
-    merging = Token2Wav.from_pretrained(vocoder_dir, compile=AccelOptions(frame_bucket=16))
-    separate = Token2Wav.from_pretrained(
-        vocoder_dir, compile=AccelOptions(frame_bucket=16, merge_frames=0)
-    )
+    def load(**options: object) -> Token2Wav:
+        return Token2Wav.from_pretrained(
+            vocoder_dir, compile=AccelOptions(frame_bucket=16, **options)
+        )
+
+    merging = load(first_chunks_apart=False)
+    separate = load(merge_frames=0, first_chunks_apart=False)
     assert _flow_groups(merging, jobs_for(merging)) == [[1, 0]]
     assert _flow_groups(separate, jobs_for(separate)) == [[0], [1]]
+    # by default a first chunk (job 0) gets its own call, ahead of the merged rest
+    apart = load()
+    assert _flow_groups(apart, jobs_for(apart)) == [[0], [1]]
+    later = [job for job in jobs_for(apart) if job.start > 0]
+    assert _flow_groups(apart, later) == [[0]]
 
 
 def test_overlap_add_istft_equals_torch_istft(model: Token2Wav) -> None:
@@ -256,3 +264,34 @@ def test_hift_graphs_stay_out_of_the_way_on_the_cpu(padded_model: Token2Wav) -> 
         )
         is None
     )
+
+
+def test_hift_window_shapes_are_those_a_stream_makes(
+    model: Token2Wav, speaker: SpeakerPrompt, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HiFT warm-up's shape list is what a real stream asks HiFT for (non-final chunks)."""
+    from services.models.token2wav import streaming
+
+    seen: set[tuple[int, int, int]] = set()
+    original = streaming._push_group
+
+    def spy(vocoders, new_mels, rights, finals):  # type: ignore[no-untyped-def]
+        for vocoder, mel, right, final in zip(vocoders, new_mels, rights, finals, strict=True):
+            if not final:
+                shape = (vocoder.mel_tail.shape[2], mel.shape[2])
+                seen.add((*shape, vocoder._right(right, final).shape[2]))
+        return original(vocoders, new_mels, rights, finals)
+
+    monkeypatch.setattr(streaming, "_push_group", spy)
+    tokens = 420
+    stream = model.stream(speaker, generator=seeded(0), n_timesteps=1)
+    for start in range(0, tokens, 5):
+        stream.feed(random_codes(5, seed=start))
+    stream.finish()
+    options = streaming.StreamOptions(n_timesteps=1)
+    assert seen == streaming.hift_window_shapes(model, options, tokens)
+    assert len(seen) == 3  # first, second, steady
+    # longer utterances add a steady chunk one frame longer (frames round per absolute token)
+    longer = streaming.hift_window_shapes(model, options, 5000)
+    assert seen < longer and {new for _, new, _ in longer - seen} == {249}
+    assert model.warm_up_hift(options) == 0  # no HiFT graphs (and no GPU) here: nothing to do
