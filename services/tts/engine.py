@@ -386,6 +386,9 @@ class TtsEngine:
             async with aclosing(self._decode(plan, _once(_IdBatch(ids)))) as pieces:
                 async for _ in pieces:
                     pass
+            # GPU fast path: capture every streaming HiFT window shape now, not mid-stream
+            # (the first pass of each H200 run lost 2x to captures; none on the CPU)
+            await asyncio.to_thread(vocoder.warm_up_hift, self.settings.stream_options())
 
     # -- synthesis -----------------------------------------------------------------------------
 
