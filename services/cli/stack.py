@@ -24,6 +24,7 @@ from services.models import layout
 
 SERVICES = ("vad", "tokenizer", "llm", "tts")
 START_TIMEOUT_S = 180.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def free_port() -> int:
@@ -149,6 +150,8 @@ class LocalStack:
             "CONTROLLER_LOG_LEVEL": self.log_level,
             "CONTROLLER_REDIS__URL": str(self.redis_url),
         }
+        if self.host in LOOPBACK_HOSTS:  # a local demo: no keys (the controller warns loudly)
+            env.setdefault("CONTROLLER_AUTH__ENABLED", "false")
         for name, port in self.ports.items():
             env[f"CONTROLLER_SERVICES__{name.upper()}"] = f"127.0.0.1:{port}"
         self._spawn("controller", [sys.executable, "-m", "services.controller"], env)

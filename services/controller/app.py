@@ -13,9 +13,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from services.controller.api import health, rest, ws
+from services.controller.auth import Quotas
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
 from services.controller.metrics import ControllerMetrics
+from services.controller.security import install_security
 from services.controller.state import ControllerState, SessionSlots, SpeculationGate
 from services.controller.store import SessionStore, create_redis
 
@@ -36,6 +38,7 @@ def create_app(settings: ControllerSettings, registry: CollectorRegistry | None 
             metrics=ControllerMetrics(registry),
             slots=SessionSlots(settings.limits.max_sessions),
             speculation=SpeculationGate(settings.limits.max_speculations),
+            quotas=Quotas(redis),
         )
         try:
             yield
@@ -49,6 +52,8 @@ def create_app(settings: ControllerSettings, registry: CollectorRegistry | None 
         lifespan=lifespan,
         docs_url="/docs",
     )
+
+    install_security(app, settings)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -91,6 +91,59 @@ class LimitSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    """API keys (hashed at rest) and their limits; see docs/security.md."""
+
+    enabled: bool = Field(
+        True, description="Require API keys; false only for a loopback demo (logged loudly)."
+    )
+    keys: str = Field(
+        "",
+        description='API keys as JSON: [{"id", "sha256", "role": user|admin|metrics, limits}].',
+    )
+    keys_file: str = Field(
+        "", description="File with the same JSON (a mounted Kubernetes Secret); read at start."
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated browser Origins allowed besides the controller's own.",
+    )
+    metrics_key: bool = Field(False, description="/metrics needs a metrics or admin key.")
+    client_secret_ttl_s: int = Field(
+        600, ge=10, le=7200, description="Default lifetime of a minted client secret (s)."
+    )
+    max_sessions_per_key: int = Field(
+        8, ge=1, le=100_000, description="Default concurrent realtime sessions per key."
+    )
+    requests_per_minute: int = Field(
+        600, ge=1, le=10**6, description="Default requests (REST, WS connects) per key a minute."
+    )
+    audio_minutes_per_day: float = Field(
+        1440, gt=0, le=10_000_000, description="Default audio minutes (in + out) per key per day."
+    )
+
+
+class HttpSettings(BaseModel):
+    """HTTP server limits against slow and greedy clients (slowloris, huge bodies)."""
+
+    header_timeout_s: float = Field(
+        10, gt=0, le=600, description="A request's headers must arrive within this (s)."
+    )
+    body_timeout_s: float = Field(
+        60, gt=0, le=3600, description="A request's body must arrive within this (s)."
+    )
+    keepalive_timeout_s: float = Field(5, gt=0, le=600, description="Idle keep-alive close (s).")
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Open HTTP connections; beyond it 503."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=1024**3, description="Largest request body (not voice uploads)."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="Largest request head (bytes)."
+    )
+
+
 class ControllerSettings(StrictEnvSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONTROLLER_", extra="forbid", env_nested_delimiter="__"
@@ -103,6 +156,8 @@ class ControllerSettings(StrictEnvSettings):
     services: ServiceTargets = Field(default_factory=ServiceTargets, description="gRPC targets.")
     turn: TurnSettings = Field(default_factory=TurnSettings, description="Session defaults.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Limits.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP server limits.")
     keepalive: KeepaliveSettings = Field(
         default_factory=KeepaliveSettings, description="gRPC client keepalive."
     )

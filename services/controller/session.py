@@ -34,13 +34,14 @@ from redis.exceptions import RedisError
 from stepaudio.serving.v1 import llm_pb2, vad_pb2
 
 from services.common.audio import AudioError, pcm16_to_float
-from services.common.errors import ErrorCode, code_from_rpc_error
+from services.common.errors import ErrorCode, ServiceError, code_from_rpc_error
 from services.controller.context import (
     SessionSettings,
     build_messages,
     transcription_messages,
 )
 from services.controller.input_audio import InputAudio
+from services.controller.limits import check_voice, parse_event_json
 from services.controller.protocol import (
     CLIENT_EVENT,
     CLIENT_EVENT_TYPES,
@@ -120,6 +121,7 @@ class RealtimeSession:
         self._protocol_errors = 0
         self._user_speaking = False
         self.closed = False
+        self.audio_seconds = 0.0  # audio in and out, metered against the key's daily quota
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -237,6 +239,8 @@ class RealtimeSession:
                 else:
                     await self._on_text(message.get("text") or "")
                 self._protocol_errors = 0
+            except ServiceError as exc:
+                await self._protocol_error(exc.code, str(exc))
             except ProtocolError as exc:
                 await self._protocol_error(exc.code, str(exc))
                 if self._protocol_errors > self.state.settings.limits.max_protocol_errors:
@@ -251,10 +255,7 @@ class RealtimeSession:
         await self.send(error_event(code, message, event_type))
 
     async def _on_text(self, text: str) -> None:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc.msg}") from exc
+        raw = parse_event_json(text)
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "an event is a JSON object with a type")
         if raw["type"] not in CLIENT_EVENT_TYPES:
@@ -300,6 +301,7 @@ class RealtimeSession:
             samples = pcm16_to_float(data)
         except AudioError as exc:
             raise ProtocolError(exc.code, str(exc)) from exc
+        self.audio_seconds += samples.size / self.settings.input_sample_rate_hz
         self.audio.push(samples)
         too_long = self.audio.utterance_samples > self.state.settings.limits.max_turn_s * 16_000
         if self.audio.capturing and too_long:  # a turn that never ends is committed as is
@@ -310,6 +312,8 @@ class RealtimeSession:
     async def _update_session(self, update: Any) -> None:
         candidate = SessionSettings(**self.settings.to_dict())
         changed = candidate.apply(update)
+        if "voice" in changed:
+            await check_voice(self.state.clients.tts, candidate.voice)
         if "pipeline" in changed and candidate.pipeline == "end_to_end":
             if self.state.clients.e2e_llm is None:
                 raise ProtocolError(
@@ -621,7 +625,7 @@ class RealtimeSession:
             await reply.sink.released.wait()  # a held reply finishes only once committed
         await reply.sink.drained()  # response.done after the held audio
         if error is not None:
-            await self._service_error(error, "llm")
+            await self._service_error(error, reply.progress.failed_service or "llm")
         await self._finish_reply(reply, status)
 
     async def _run_with_shedding(self, reply: Reply, plan: ResponsePlan) -> None:
@@ -648,10 +652,12 @@ class RealtimeSession:
     async def _finish_reply(self, reply: Reply, status: str, interrupted: bool = False) -> None:
         """Store the assistant turn (what was sent) and report response.done."""
         progress = reply.progress
+        self.audio_seconds += progress.audio_seconds_sent
+        interrupted = interrupted or status == "failed"  # store only what was spoken
         text = (
             progress.text_sent if interrupted else (progress.text_sent or progress.text_generated)
         )
-        if text or interrupted:
+        if text or (interrupted and status != "failed"):
             await self._store_turn(Turn(role="assistant", text=text, interrupted=interrupted))
         timings = progress.timings_ms(reply.end_of_speech)
         self._observe(reply, timings)

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.controller.auth import Quotas
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
 from services.controller.metrics import ControllerMetrics
@@ -65,5 +66,6 @@ class ControllerState:
     metrics: ControllerMetrics
     slots: SessionSlots
     speculation: SpeculationGate
+    quotas: Quotas
     draining: bool = False
     sessions: set[Any] = field(default_factory=set)  # live RealtimeSession objects

@@ -15,7 +15,7 @@ import base64
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,7 @@ class ResponseProgress:
         """Stage times relative to ``origin`` (end of speech); negative = before it."""
         return {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()}
 
+    failed_service: str = ""  # the stage whose failure ended the reply ("llm", "tts")
     text_with_audio: bool = False  # end to end: text and audio come interleaved from one model
 
     @property
@@ -292,33 +293,32 @@ class ResponseRunner:
     # -- cascade ---------------------------------------------------------------------------
 
     async def _run_cascade(self) -> None:
-        """LLM → clauses → TTS (runs ahead) → audio queue → paced playback, all concurrent."""
+        """LLM → clauses → TTS (runs ahead) → audio queue → paced playback, all concurrent;
+        the first stage to fail ends the reply at once (a dead TTS cancels the LLM call)."""
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
         audio: asyncio.Queue[tuple[np.ndarray, str] | None] = asyncio.Queue(maxsize=AUDIO_AHEAD)
-        workers = [
-            asyncio.create_task(self._speak_clauses(clauses, audio)),
-            asyncio.create_task(self._play(audio)),
-        ]
-        try:
-            splitter = ClauseSplitter()
-            async with self._llm_stream(self.clients.llm) as replies:
-                async for reply in replies:
-                    if not reply.text:
-                        continue
-                    self.progress.text_generated += reply.text
-                    await self.sink.text_delta(reply.text)
-                    for clause in splitter.push(reply.text):
-                        self.sink.mark("first_clause")
-                        await clauses.put(clause)
-            for clause in splitter.flush():  # a reply without a clause end is one clause
-                self.sink.mark("first_clause")
-                await clauses.put(clause)
-            await clauses.put(None)
-            await asyncio.gather(*workers)
-        finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        await watch_stages(
+            self.progress,
+            llm=self._generate_clauses(clauses),
+            tts=self._speak_clauses(clauses, audio),
+            playback=self._play(audio),
+        )
+
+    async def _generate_clauses(self, clauses: asyncio.Queue[str | None]) -> None:
+        splitter = ClauseSplitter()
+        async with self._llm_stream(self.clients.llm) as replies:
+            async for reply in replies:
+                if not reply.text:
+                    continue
+                self.progress.text_generated += reply.text
+                await self.sink.text_delta(reply.text)
+                for clause in splitter.push(reply.text):
+                    self.sink.mark("first_clause")
+                    await clauses.put(clause)
+        for clause in splitter.flush():  # a reply without a clause end is one clause
+            self.sink.mark("first_clause")
+            await clauses.put(clause)
+        await clauses.put(None)
 
     async def _speak_clauses(
         self,
@@ -383,32 +383,30 @@ class ResponseRunner:
             )
         self.progress.text_with_audio = True
         groups: asyncio.Queue[list[int] | None] = asyncio.Queue(maxsize=256)
-        vocoder = asyncio.create_task(self._vocode(groups))
-        try:
-            pending: list[int] = []
-            reserved = 0
-            async with self._llm_stream(self.clients.e2e_llm) as replies:
-                async for reply in replies:
-                    if reply.text:
-                        self.progress.text_generated += reply.text
-                        await self.sink.text_delta(reply.text)
-                    # text vs audio is read from each id, never from an assumed interleave ratio
-                    pending += [i for i in reply.token_ids if is_audio_id(i)]
-                    reserved += sum(
-                        1 for i in reply.token_ids if in_audio_block(i) and not is_audio_id(i)
-                    )
-                    whole = len(pending) - len(pending) % GROUP_SIZE
-                    if whole:
-                        self.progress.audio_token_ids += whole
-                        await groups.put(pending[:whole])
-                        pending = pending[whole:]
-            await groups.put(None)
-            await vocoder
-            await self._report_malformed(reserved, len(pending))
-        finally:
-            if not vocoder.done():
-                vocoder.cancel()
-                await asyncio.gather(vocoder, return_exceptions=True)
+        await watch_stages(
+            self.progress, llm=self._generate_groups(groups), tts=self._vocode(groups)
+        )
+
+    async def _generate_groups(self, groups: asyncio.Queue[list[int] | None]) -> None:
+        pending: list[int] = []
+        reserved = 0
+        async with self._llm_stream(self.clients.e2e_llm) as replies:
+            async for reply in replies:
+                if reply.text:
+                    self.progress.text_generated += reply.text
+                    await self.sink.text_delta(reply.text)
+                # text vs audio is read from each id, never from an assumed interleave ratio
+                pending += [i for i in reply.token_ids if is_audio_id(i)]
+                reserved += sum(
+                    1 for i in reply.token_ids if in_audio_block(i) and not is_audio_id(i)
+                )
+                whole = len(pending) - len(pending) % GROUP_SIZE
+                if whole:
+                    self.progress.audio_token_ids += whole
+                    await groups.put(pending[:whole])
+                    pending = pending[whole:]
+        await groups.put(None)
+        await self._report_malformed(reserved, len(pending))
 
     async def _report_malformed(self, reserved: int, leftover: int) -> None:
         """Malformed audio from the LLM is named to the client; the reply and session go on."""
@@ -444,6 +442,24 @@ class ResponseRunner:
         finally:
             call.cancel()
         await self.sink.audio(self._flush_output(), None)
+
+
+async def watch_stages(progress: ResponseProgress, **stages: Coroutine[Any, Any, None]) -> None:
+    """Run a reply's stages concurrently until all finish; the first that fails cancels the
+    others and its error is raised, its service named in ``progress.failed_service``."""
+    tasks = {asyncio.create_task(coro): name for name, coro in stages.items()}
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    progress.failed_service = "tts" if tasks[task] == "tts" else "llm"
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class E2eUnavailable(RuntimeError):

@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 
+from services.controller.admission import admitted
 from services.controller.session import RealtimeSession
 from services.controller.state import ControllerState
 
@@ -17,24 +18,18 @@ log = logging.getLogger(__name__)
 @router.websocket("/v1/realtime")
 async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
     state: ControllerState = ws.app.state.controller
-    if state.draining or not state.slots.try_acquire():
-        # 1013 "try again later": over the session limit, or this controller is draining
-        await ws.close(code=1013, reason="overloaded" if not state.draining else "draining")
-        return
-    state.metrics.active_sessions.inc()
-    try:
-        await ws.accept()
+    async with admitted(ws, state) as admission:
+        if admission is None:  # closed with 1013/1008 and the reason
+            return
         try:
             session, resumed, expired = await RealtimeSession.open(ws, state, session_id)
         except (RedisError, OSError) as exc:  # no store: no new sessions (readiness is false too)
             log.warning("refusing a session: session store unavailable: %s", exc)
             await ws.close(code=1013, reason="session store unavailable")
             return
+        admission.session = session
         state.sessions.add(session)
         try:
             await session.run(resumed=resumed, expired=expired)
         finally:
             state.sessions.discard(session)
-    finally:
-        state.slots.release()
-        state.metrics.active_sessions.dec()
