@@ -28,7 +28,8 @@ TOO_LARGE = (
 def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
     class GuardedHttpProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
-        _head_bytes = 0
+        _head_bytes = 0  # of the parsed head (one read may hold all of it)
+        _raw_head_bytes = 0  # received while the head is incomplete
         _in_head = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -36,7 +37,7 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[Htt
             self._start_head()
 
         def _start_head(self) -> None:
-            self._in_head, self._head_bytes = True, 0
+            self._in_head, self._head_bytes, self._raw_head_bytes = True, 0, 0
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(header_timeout_s, self._head_timed_out)
 
@@ -52,27 +53,33 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[Htt
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._head_bytes += len(data)
-                if self._head_bytes > max_header_bytes:
+            super().data_received(data)  # parse first: a head and its body may share a read
+            if self._in_head and not self.transport.is_closing():
+                self._raw_head_bytes += len(data)
+                if self._raw_head_bytes > max_header_bytes:
                     self._end_head()
                     self.transport.write(TOO_LARGE)
                     self.transport.close()
-                    return
-            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._start_head()
 
+        def on_url(self, url: bytes) -> None:
+            self._head_bytes += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_bytes += len(name) + len(value) + 4
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
             self._end_head()
+            if self._head_bytes > max_header_bytes:  # the whole head came in one read
+                self.transport.write(TOO_LARGE)
+                self.transport.close()
+                return
             super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # the next request's head starts now (its own deadline); keep-alive idles close
-            self._in_head, self._head_bytes = True, 0
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._end_head()
