@@ -43,6 +43,9 @@ test: setup ## lint, then the whole test suite
 test-fast: setup ## unit tests only
 	$(PY) -m pytest -q -m "not integration and not browser"
 
+reliability: setup ## the fault matrix (process kills, Redis restart, overload) and the fuzzers
+	$(PY) -m pytest -q -m "reliability or fuzz"
+
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.cli import CliError
 from services.cli.stack import SERVICES, LocalStack
+from services.cli.supervisor import Supervisor
 
 RUNNABLE = (*SERVICES, "controller")
 
@@ -50,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stack.start()
+    supervisor = Supervisor(stack).start()  # a crashed part is restarted (backoff, logged)
     try:
         print(f"ready: {stack.url}  (browser client at {stack.url}/, Ctrl-C stops)", flush=True)
         stop.wait()
@@ -57,5 +59,6 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         print("stopping ...", flush=True)
+        supervisor.stop()
         stack.stop()
     return 0

@@ -71,6 +71,7 @@ class LocalStack:
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -81,7 +82,12 @@ class LocalStack:
         log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
+        self.commands[name] = (args, env)
         return process
+
+    def respawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a part again with its command and environment (same port; supervisor)."""
+        return self._spawn(name, *self.commands[name])
 
     def _base_env(self) -> dict[str, str]:
         # the shell's settings (LLM_ENGINE=vllm, ...) pass through; the stack sets ports etc.
