@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTO_SRC := $(wildcard protos/stepaudio/serving/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup protos demo test test-fast lint bench bench-gpu chart-lint clean
+.PHONY: help setup protos demo test test-fast reliability lint bench bench-gpu chart-lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
