@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 TRY_AGAIN_LATER, POLICY = 1013, 1008
 KEEPER_INTERVAL_S = SESSION_LEASE_MS / 1000 / 3
+# a session id that is never found: resuming another key's session starts a fresh one
+FOREIGN_SESSION = "not-yours"
 
 
 @dataclass
@@ -79,6 +81,7 @@ async def admitted(ws: WebSocket, state: ControllerState) -> AsyncIterator[Admis
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             with contextlib.suppress(RedisError, OSError):
+                await _claim(state, admission)  # outlives the session's last write
                 await _meter(state, admission)
                 await state.quotas.release_session(principal, admission.lease_id)
             state.metrics.active_sessions.dec()
@@ -103,6 +106,40 @@ async def _lease(ws: WebSocket, state: ControllerState, principal: Principal) ->
     return Admission(principal, lease_id)
 
 
+def owner_key(session_id: str) -> str:
+    return f"sa:{{{session_id}}}:owner"  # the session's hash tag: same cluster slot
+
+
+async def resumable(
+    state: ControllerState, principal: Principal, session_id: str | None
+) -> str | None:
+    """The session id to resume: another key's session is not found (OWASP API1)."""
+    if not session_id or not principal.limited:
+        return session_id
+    try:
+        owner = await state.quotas.redis.get(owner_key(session_id))
+    except (RedisError, OSError):
+        return session_id  # the session store is down too: opening fails on its own
+    if owner is not None and owner.decode() != principal.key_id:
+        return FOREIGN_SESSION
+    return session_id
+
+
+async def attach(state: ControllerState, admission: Admission, session: Any) -> None:
+    """The session runs under this admission: its audio is metered, its id owned."""
+    admission.session = session
+    with contextlib.suppress(RedisError, OSError):
+        await _claim(state, admission)
+
+
+async def _claim(state: ControllerState, admission: Admission) -> None:
+    """Mark the session as the key's, a little longer than the session itself lives."""
+    if admission.principal.limited and admission.session is not None:
+        ttl = state.settings.redis.session_ttl_s + 60
+        key = owner_key(admission.session.session_id)
+        await state.quotas.redis.set(key, admission.principal.key_id, ex=ttl)
+
+
 async def _meter(state: ControllerState, admission: Admission) -> float:
     """Add the session's new audio seconds to the key's day; the seconds left."""
     used = float(getattr(admission.session, "audio_seconds", 0.0))
@@ -117,6 +154,7 @@ async def _keep(ws: WebSocket, state: ControllerState, admission: Admission) -> 
         await asyncio.sleep(KEEPER_INTERVAL_S)
         try:
             await state.quotas.renew_session(admission.principal, admission.lease_id)
+            await _claim(state, admission)
             left = await _meter(state, admission)
         except (RedisError, OSError) as exc:  # the live call goes on; the lease lives 30 s
             log.info("session lease not renewed: %s", exc)

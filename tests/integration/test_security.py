@@ -23,15 +23,14 @@ from tests.helpers.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
-USER, ADMIN, METRICS = new_api_key(), new_api_key(), new_api_key()
+USER, ADMIN, METRICS, OTHER = new_api_key(), new_api_key(), new_api_key(), new_api_key()
 EVIL = "https://evil.example"
 
 
 def keys(**user_limits: Any) -> str:
     user = key_entry("alice", USER) | user_limits
-    return json.dumps(
-        [user, key_entry("ops", ADMIN, "admin"), key_entry("prom", METRICS, "metrics")]
-    )
+    others = [key_entry("ops", ADMIN, "admin"), key_entry("prom", METRICS, "metrics")]
+    return json.dumps([user, *others, key_entry("bob", OTHER)])
 
 
 def auth(key: str) -> dict[str, str]:
@@ -196,3 +195,15 @@ async def test_daily_audio_quota_refuses_the_next_session(secure: Stack) -> None
         assert json.loads(first)["type"] == "session.created"
         assert time.monotonic() < deadline, "the used quota never refused a session"
         await asyncio.sleep(0.2)
+
+
+async def test_a_session_resumes_only_with_the_key_that_created_it(secure: Stack) -> None:
+    async with RealtimeClient(secure.url, api_key=USER) as client:
+        session_id = client.session["id"]
+    url = f"{ws_url(secure)}?session_id={session_id}"
+    async with websockets.connect(url, additional_headers=auth(OTHER)) as ws:
+        first, created = json.loads(await ws.recv()), json.loads(await ws.recv())
+    assert first["error"]["code"] == "session_expired"
+    assert created["resumed"] is False and created["session"]["id"] != session_id
+    async with RealtimeClient(secure.url, api_key=USER, session_id=session_id) as again:
+        assert again.session["id"] == session_id

@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 
-from services.controller.admission import admitted
+from services.controller.admission import admitted, attach, resumable
 from services.controller.session import RealtimeSession
 from services.controller.state import ControllerState
 
@@ -21,13 +21,14 @@ async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
     async with admitted(ws, state) as admission:
         if admission is None:  # closed with 1013/1008 and the reason
             return
+        session_id = await resumable(state, admission.principal, session_id)
         try:
             session, resumed, expired = await RealtimeSession.open(ws, state, session_id)
         except (RedisError, OSError) as exc:  # no store: no new sessions (readiness is false too)
             log.warning("refusing a session: session store unavailable: %s", exc)
             await ws.close(code=1013, reason="session store unavailable")
             return
-        admission.session = session
+        await attach(state, admission, session)
         state.sessions.add(session)
         try:
             await session.run(resumed=resumed, expired=expired)
