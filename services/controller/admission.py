@@ -165,3 +165,18 @@ async def _keep(ws: WebSocket, state: ControllerState, admission: Admission) -> 
                 admission.session.closed = True
             await refuse(ws, state, POLICY, "quota: this key's audio minutes for today are used")
             return
+
+
+async def metered_speech(
+    state: ControllerState, principal: Principal | None, chunks: AsyncIterator[Any], rate_hz: int
+) -> AsyncIterator[Any]:
+    """REST synthesis counts against the key's daily audio (bulk TTS is a quota, API6)."""
+    seconds = 0.0
+    try:
+        async for pcm in chunks:
+            seconds += pcm.size / rate_hz
+            yield pcm
+    finally:
+        if principal is not None and seconds:
+            with contextlib.suppress(RedisError, OSError):
+                await state.quotas.add_audio(principal, seconds)

@@ -43,6 +43,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC, API, REALTIME, ADMIN, METRICS = "public", "api", "realtime", "admin", "metrics"
 REALTIME_PATH = "/v1/realtime"
+SPEECH_PATH = "/v1/audio/speech"
 # content types a cross-site <form> or fetch() may send without a CORS preflight
 SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 
@@ -153,6 +154,10 @@ class SecurityMiddleware:
                 message = f"this key may not use {need} endpoints"
                 return 403, ErrorCode.PERMISSION_DENIED, message, []
             retry_after = await quotas.count_request(principal)
+            if access == API and scope["path"] == SPEECH_PATH:
+                if await quotas.audio_left_s(principal) <= 0:
+                    message = "this key's audio minutes for today are used"
+                    return 429, ErrorCode.RATE_LIMITED, message, [("retry-after", "3600")]
         except (RedisError, OSError) as exc:
             log.warning("auth: key store unavailable: %s", exc)
             return 503, ErrorCode.UNAVAILABLE, "the key store is unavailable; retry", []

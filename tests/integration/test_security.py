@@ -207,3 +207,19 @@ async def test_a_session_resumes_only_with_the_key_that_created_it(secure: Stack
     assert created["resumed"] is False and created["session"]["id"] != session_id
     async with RealtimeClient(secure.url, api_key=USER, session_id=session_id) as again:
         assert again.session["id"] == session_id
+
+
+@pytest.mark.parametrize("secure", [{"audio_minutes_per_day": 0.001}], indirect=True)
+async def test_rest_synthesis_counts_against_the_daily_audio_quota(secure: Stack) -> None:
+    body = {"input": "Hello there.", "response_format": "pcm", "seed": 1}
+    async with httpx.AsyncClient(base_url=secure.url, timeout=120) as http:
+        first = await http.post("/v1/audio/speech", json=body, headers=auth(USER))
+        assert first.status_code == 200 and len(first.content) > 0.06 * 24_000 * 2
+        deadline = time.monotonic() + 30
+        while True:  # metered when the stream ends
+            reply = await http.post("/v1/audio/speech", json=body, headers=auth(USER))
+            if reply.status_code == 429:
+                break
+            assert reply.status_code == 200 and time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        assert reply.json()["error"]["code"] == "rate_limited"

@@ -16,6 +16,7 @@ from stepaudio.serving.v1 import tts_pb2
 
 from services.common.audio import AudioError, decode_audio_file, float_to_pcm16, resample
 from services.common.errors import ErrorCode, code_from_rpc_error, http_status_for
+from services.controller.admission import metered_speech
 from services.controller.input_audio import pcm16_chunk
 from services.controller.protocol import SpeechRequest
 from services.controller.state import ControllerState
@@ -81,7 +82,7 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc, "tts")
-    chunks = _pcm_chunks(call, first)
+    chunks = metered_speech(state, request.scope.get("auth"), _pcm_chunks(call, first), rate)
     media = MEDIA_TYPES[body.response_format]
     if body.response_format == "flac":
         try:
