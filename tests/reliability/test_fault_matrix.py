@@ -12,6 +12,8 @@ import pytest
 import websockets
 
 from services.cli.realtime_client import RealtimeClient
+from services.common.audio import decode_audio_file
+from services.models.tiny import ASSETS
 from tests.reliability.conftest import (
     MAX_SESSIONS,
     RPC_TIMEOUT_S,
@@ -21,6 +23,7 @@ from tests.reliability.conftest import (
     assert_nothing_lost,
 )
 
+QUESTION, QUESTION_RATE = decode_audio_file(ASSETS / "demo_question.wav")
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(240)]
 
 
@@ -151,3 +154,85 @@ async def test_02_overload_at_twice_capacity_refuses_the_excess_with_1013(live: 
         await asyncio.sleep(0.1)
     async with RealtimeClient(live.url, api_key=live.key) as client:  # capacity is back
         assert client.session["id"]
+
+
+async def test_05_vad_killed_mid_speech_is_reported_and_the_stream_reopens(live: Live) -> None:
+    async with live.client() as client:
+        await client.configure(speculative=False, transcribe=False)
+        speaking = asyncio.create_task(client.stream_audio(QUESTION, QUESTION_RATE))
+        try:
+            await asyncio.sleep(0.3)
+            live.signal("vad", signal.SIGKILL)
+            error = await client.wait_for("error", 30)
+            assert error["error"]["code"] == "vad_unavailable"
+        finally:
+            await speaking
+        await live.wait_ready()
+        # the session reopens its VAD stream by itself: the next spoken turn is answered
+        result = await client.speak_and_wait(
+            QUESTION,
+            QUESTION_RATE,
+            timeout_s=120,
+            tolerate=("vad_unavailable", "deadline_exceeded"),
+        )
+        assert result.done["status"] == "completed"
+        stored = await live.stored_turns(client.result.session_id)
+    assert_nothing_lost(client.result, stored)
+
+
+async def test_10_redis_hung_keeps_the_live_call_and_refuses_new_sessions(live: Live) -> None:
+    async with live.client() as client:
+        await client.configure(**TEXT_SESSION)
+        live.signal("redis", signal.SIGSTOP)
+        try:
+            async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+                assert (await http.get("/readyz")).status_code == 503
+            bearer = {"Authorization": f"Bearer {live.key}"}
+            ws_url = live.url.replace("http", "ws") + "/v1/realtime"
+            with pytest.raises(websockets.InvalidStatus) as refused:  # keys cannot be checked
+                async with websockets.connect(ws_url, additional_headers=bearer):
+                    pass
+            assert refused.value.response.status_code == 503
+            await ask_tolerant(client, "Still there?")
+            done = await client.wait_for("response.done", 120, tolerate=("unavailable",))
+            assert done["response"]["status"] == "completed"
+            codes = [e["error"]["code"] for e in client.result.of_type("error")]
+            assert "unavailable" in codes  # told that the turn may not be saved
+        finally:
+            live.signal("redis", signal.SIGCONT)
+        await live.wait_ready()
+
+
+async def ask_tolerant(client: RealtimeClient, text: str) -> None:
+    await client.send(
+        {"type": "conversation.item.create",
+         "item": {"type": "message", "role": "user",
+                  "content": [{"type": "input_text", "text": text}]}}
+    )  # fmt: skip
+    await client.wait_for("conversation.item.created", 60, tolerate=("unavailable",))
+    await client.send({"type": "response.create"})
+
+
+async def test_21_drain_finishes_the_reply_closes_1012_and_the_session_resumes(
+    live: Live,
+) -> None:
+    admin = {"Authorization": f"Bearer {live.admin_key}"}
+    async with live.client() as client:
+        await client.configure(**TEXT_SESSION)
+        await ask(client, "Hello?")
+        await client.wait_for("response.created", 60)
+        async with httpx.AsyncClient(base_url=live.url, timeout=120) as http:
+            drained = await http.post("/admin/drain", headers=admin)
+        assert drained.status_code == 200 and drained.json()["closed_sessions"] == 1
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await client.next_event(60)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert client.result.of_type("response.done")[0]["response"]["status"] == "completed"
+        session_id = client.result.session_id
+    live.signal("controller", signal.SIGTERM)  # Kubernetes would now stop the pod
+    await live.wait_ready()  # the supervisor started a new controller
+    async with live.client(session_id=session_id) as resumed:
+        assert resumed.session["id"] == session_id and resumed.session["turns"] == 2
+    stored = await live.stored_turns(session_id)
+    assert_nothing_lost(client.result, stored)
