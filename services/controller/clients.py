@@ -39,6 +39,7 @@ class ServiceClients:
                 max_message_bytes=settings.grpc_max_message_bytes,
                 keepalive_time_ms=settings.keepalive.time_ms,
                 keepalive_timeout_ms=settings.keepalive.timeout_ms,
+                tls=settings.tls,
             )
             channels[name] = create_channel(client)
         e2e = channels.get("e2e_llm")

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KeepaliveSettings, StrictEnvSettings
+from services.common.settings import ClientTlsSettings, KeepaliveSettings, StrictEnvSettings
 
 Pipeline = Literal["cascade", "end_to_end"]
 OUTPUT_RATES_HZ = (16_000, 22_050, 24_000)
@@ -160,6 +160,9 @@ class ControllerSettings(StrictEnvSettings):
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP server limits.")
     keepalive: KeepaliveSettings = Field(
         default_factory=KeepaliveSettings, description="gRPC client keepalive."
+    )
+    tls: ClientTlsSettings = Field(
+        default_factory=ClientTlsSettings, description="TLS to the gRPC services."
     )
     grpc_max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="gRPC client message cap."
