@@ -110,6 +110,7 @@ class SecurityMiddleware:
         refusal = await self._check(scope, access)
         if refusal is not None:
             status, code, message, extra = refusal
+            scope["app"].state.controller.metrics.record_error(code)
             await deny(scope, receive, send, status, code, message, extra)
             return
         await self.app(scope, receive, send)

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 USER, ADMIN, METRICS, OTHER = new_api_key(), new_api_key(), new_api_key(), new_api_key()
 EVIL = "https://evil.example"
+APP = "https://app.example"  # the allow-listed browser app
 
 
 def keys(**user_limits: Any) -> str:
@@ -50,7 +51,8 @@ async def secure(
     tiny_pack: Path, own_redis: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Stack]:
     limits = getattr(request, "param", {})
-    settings = {"auth": {"enabled": True, "keys": keys(**limits), "metrics_key": True}}
+    auth_settings = {"enabled": True, "keys": keys(**limits), "metrics_key": True}
+    settings = {"auth": auth_settings | {"allowed_origins": APP}}
     async with running_stack(tiny_pack, own_redis.url, tmp_path, controller=settings) as s:
         yield s
 
@@ -79,6 +81,10 @@ async def test_every_endpoint_needs_the_right_key(secure: Stack) -> None:
                 assert reply.headers["www-authenticate"] == "Bearer"
         assert (await http.get("/v1/voices", headers=auth(USER))).status_code == 200
         assert (await http.get("/metrics", headers=auth(METRICS))).status_code == 200
+        refused = secure.metric(
+            "controller", "stepaudio_controller_errors_total", code="unauthenticated"
+        )
+        assert refused == 15  # 5 endpoints x 3 bad credentials, counted for alerting
         assert (await http.get("/metrics", headers=auth(USER))).status_code == 403
         assert (await http.get("/v1/voices", headers=auth(METRICS))).status_code == 403
         denied = await http.post("/admin/drain", headers=auth(USER))
@@ -223,3 +229,17 @@ async def test_rest_synthesis_counts_against_the_daily_audio_quota(secure: Stack
             assert reply.status_code == 200 and time.monotonic() < deadline
             await asyncio.sleep(0.2)
         assert reply.json()["error"]["code"] == "rate_limited"
+
+
+async def test_allowed_origins_get_cors_and_the_socket_others_do_not(secure: Stack) -> None:
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    async with httpx.AsyncClient(base_url=secure.url) as http:
+        ok = await http.options("/v1/audio/speech", headers=preflight | {"Origin": APP})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == APP
+        bad = await http.options("/v1/audio/speech", headers=preflight | {"Origin": EVIL})
+        assert "access-control-allow-origin" not in bad.headers
+        reply = await http.get("/v1/voices", headers=auth(USER) | {"Origin": APP})
+        assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == APP
+    async with websockets.connect(ws_url(secure), additional_headers=auth(USER), origin=APP) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
