@@ -83,6 +83,12 @@ class LimitSettings(BaseModel):
         400, ge=0, le=10_000, description="Audio sent ahead of real-time playback (ms)."
     )
     idle_timeout_s: float = Field(120, ge=1, le=86_400, description="Close idle sockets (s).")
+    outbound_queue_events: int = Field(
+        512, ge=4, le=100_000, description="Events queued for a client (audio: 100 ms each)."
+    )
+    slow_consumer_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="A full queue this long closes the socket 1008."
+    )
     drain_timeout_s: float = Field(
         20, ge=0, le=3600, description="Drain: how long replies in progress may finish (s)."
     )

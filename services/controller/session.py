@@ -67,8 +67,6 @@ from services.controller.turn import (
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
-OUTBOUND_QUEUE = 512  # events; ≈ 10 s of 20 ms audio deltas
-SEND_TIMEOUT_S = 5.0  # a client that does not read for this long is closed (slow consumer)
 VAD_RETRY_FIRST_S, VAD_RETRY_MAX_S = 0.2, 5.0  # VAD stream reopen backoff
 CANCEL_WAIT_S = 2.0  # a cancelled reply gets this long to unwind before the turn goes on
 SHED_RETRIES = 8  # a real reply's retries after shedding speculations from a full LLM
@@ -111,7 +109,7 @@ class RealtimeSession:
         self.audio = InputAudio(state.clients, state.settings.rpc_timeout_s)
         self.audio.set_input_rate(settings.input_sample_rate_hz)
         self._outbound: asyncio.Queue[tuple[dict[str, Any] | bytes, str | None]] = asyncio.Queue(
-            maxsize=OUTBOUND_QUEUE
+            maxsize=state.settings.limits.outbound_queue_events
         )
         self._dropped_responses: dict[str, None] = {}  # insertion-ordered set
         self.reply: Reply | None = None
@@ -198,7 +196,7 @@ class RealtimeSession:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives just as the put completes, and a cancelled reply's _play worker
             # then ran on and blocked its task (and the socket's reader) for good
-            async with asyncio.timeout(SEND_TIMEOUT_S):
+            async with asyncio.timeout(self.state.settings.limits.slow_consumer_timeout_s):
                 await self._outbound.put(item)
         except TimeoutError:
             log.warning("slow consumer session=%s: closing", self.session_id)
