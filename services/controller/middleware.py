@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -72,10 +73,11 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-def same_origin(origin: str, scope: Scope, headers: dict[str, str]) -> bool:
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
-    host = headers.get("host", "")
-    return bool(host) and origin.rstrip("/") == f"{scheme}://{host}"
+def same_origin(origin: str, headers: dict[str, str]) -> bool:
+    """The page comes from this controller: its Origin's host[:port] is our Host header. The
+    scheme is not compared: behind a TLS-terminating proxy we see http, the browser https."""
+    host = headers.get("host", "").lower()
+    return bool(host) and urlsplit(origin.strip()).netloc.lower() == host
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:
@@ -121,7 +123,7 @@ class SecurityMiddleware:
         headers = _headers(scope)
         origin = headers.get("origin")
         if origin is not None and (access != PUBLIC or scope["type"] == "websocket"):
-            own = same_origin(origin, scope, headers)
+            own = same_origin(origin, headers)
             if not own and (access == ADMIN or origin.rstrip("/") not in self.origins):
                 return 403, ErrorCode.PERMISSION_DENIED, f"origin {origin!r} is not allowed", []
         if access == ADMIN and scope.get("method", "GET") not in ("GET", "HEAD"):
