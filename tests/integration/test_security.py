@@ -243,3 +243,13 @@ async def test_allowed_origins_get_cors_and_the_socket_others_do_not(secure: Sta
         assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == APP
     async with websockets.connect(ws_url(secure), additional_headers=auth(USER), origin=APP) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
+
+
+@pytest.mark.parametrize("secure", [{"audio_minutes_per_day": 0.01}], indirect=True)
+async def test_a_session_past_the_daily_audio_quota_is_closed_1008(secure: Stack) -> None:
+    async with RealtimeClient(secure.url, api_key=USER) as client:
+        await client.stream_audio(np.zeros(32_000, dtype=np.float32), 16_000, realtime=False)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # metered every 10 s while the session lives
+                await client.next_event(60)
+    assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason.startswith("quota")
