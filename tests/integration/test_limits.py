@@ -202,3 +202,18 @@ async def test_idle_sockets_are_closed(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
         assert time.monotonic() - started < 30
+
+
+async def test_without_keys_a_cross_site_request_still_cannot_drain(stack: Stack) -> None:
+    """The probe: a text/plain POST from a foreign page on the same machine drained it."""
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        for headers in (
+            {"Content-Type": "text/plain", "Origin": "https://evil.example"},
+            {"Content-Type": "text/plain"},
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            {"Origin": "https://evil.example"},
+        ):
+            reply = await http.post("/admin/drain", headers=headers, content=b"x")
+            assert reply.status_code == 403, headers
+            assert reply.json()["error"]["code"] == "permission_denied"
+        assert (await http.get("/readyz")).json()["draining"] is False
