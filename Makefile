@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTO_SRC := $(wildcard protos/stepaudio/serving/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup protos demo test test-fast lint bench bench-gpu load chart-lint clean
+.PHONY: help setup protos demo test test-fast reliability lint typecheck bench bench-gpu load chart-lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,8 @@ test-fast: setup ## unit tests only
 
 typecheck: setup ## mypy (strict for services/common and services/controller)
 	$(VENV)/bin/mypy services
+reliability: setup ## the fault matrix (process kills, Redis restart, overload) and the fuzzers
+	$(PY) -m pytest -q -m "reliability or fuzz"
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .

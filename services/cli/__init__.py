@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tokenize",
     "tts",
     "config",
+    "keys",
 ]
 
 

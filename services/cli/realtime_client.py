@@ -39,15 +39,20 @@ class TurnResult:
 
 
 class RealtimeClient:
-    def __init__(self, url: str, *, session_id: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, session_id: str | None = None, api_key: str | None = None
+    ) -> None:
         base = url.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
         self.url = f"{base}/v1/realtime" + (f"?session_id={session_id}" if session_id else "")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.ws: Any = None
         self.session: dict[str, Any] = {}
         self.result = TurnResult()
 
     async def __aenter__(self) -> RealtimeClient:
-        self.ws = await websockets.connect(self.url, max_size=16 * 1024 * 1024)
+        self.ws = await websockets.connect(
+            self.url, max_size=16 * 1024 * 1024, additional_headers=self.headers
+        )
         created = await self.next_event()
         if created.get("type") == "error":
             created = await self.next_event()

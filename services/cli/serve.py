@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.cli.model_dir import add_model_dir_argument, model_root
 from services.cli.stack import SERVICES, LocalStack
+from services.cli.supervisor import Supervisor
 from services.models import layout
 
 RUNNABLE = (*SERVICES, "controller")
@@ -42,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stack.start()
+    supervisor = Supervisor(stack).start()  # a crashed part is restarted (backoff, logged)
     try:
         print(f"ready: {stack.url}  (browser client at {stack.url}/, Ctrl-C stops)", flush=True)
         stop.wait()
@@ -49,5 +51,6 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         print("stopping ...", flush=True)
+        supervisor.stop()
         stack.stop()
     return 0

@@ -25,6 +25,7 @@ from services.models import layout
 
 SERVICES = ("vad", "tokenizer", "llm", "tts")
 START_TIMEOUT_S = 180.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def free_port() -> int:
@@ -119,6 +120,7 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     serve_metrics: bool = False  # each gRPC service serves /metrics on a free port
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
@@ -130,7 +132,12 @@ class LocalStack:
         log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
+        self.commands[name] = (args, env)
         return process
+
+    def respawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a part again with its command and environment (same port; supervisor)."""
+        return self._spawn(name, *self.commands[name])
 
     def _base_env(self) -> dict[str, str]:
         # the shell's settings (LLM_ENGINE=vllm, ...) pass through; the stack sets ports etc.
@@ -209,6 +216,8 @@ class LocalStack:
             "CONTROLLER_LOG_LEVEL": self.log_level,
             "CONTROLLER_REDIS__URL": str(self.redis_url),
         }
+        if self.host in LOOPBACK_HOSTS:  # a local demo: no keys (the controller warns loudly)
+            env.setdefault("CONTROLLER_AUTH__ENABLED", "false")
         for name, port in self.ports.items():
             env[f"CONTROLLER_SERVICES__{name.upper()}"] = f"127.0.0.1:{port}"
         self._spawn("controller", [sys.executable, "-m", "services.controller"], env)

@@ -27,6 +27,10 @@ class ErrorCode(StrEnum):
     INVALID_EVENT = "invalid_event"
     UNKNOWN_EVENT = "unknown_event"
     INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TOO_LARGE = "request_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     INVALID_AUDIO = "invalid_audio"
     INVALID_AUDIO_TOKENS = "invalid_audio_tokens"
     EMPTY_AUDIO = "empty_audio"
@@ -66,6 +70,10 @@ ERROR_KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.INVALID_EVENT: _BAD_REQUEST,
     ErrorCode.UNKNOWN_EVENT: _BAD_REQUEST,
     ErrorCode.INVALID_ARGUMENT: _BAD_REQUEST,
+    ErrorCode.NOT_FOUND: ErrorKind(_S.NOT_FOUND, 404),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(_S.UNIMPLEMENTED, 405),
+    ErrorCode.REQUEST_TOO_LARGE: ErrorKind(_S.INVALID_ARGUMENT, 413),
+    ErrorCode.REQUEST_TIMEOUT: ErrorKind(_S.DEADLINE_EXCEEDED, 408),
     ErrorCode.INVALID_AUDIO: _BAD_REQUEST,
     ErrorCode.INVALID_AUDIO_TOKENS: _BAD_REQUEST,
     ErrorCode.EMPTY_AUDIO: _BAD_REQUEST,

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,12 +63,25 @@ def create_channel(
     retry_methods: Sequence[tuple[str, str]] = (HEALTH_CHECK_METHOD,),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to ``settings.target`` (close it with ``await ch.close()``);
-    ``interceptors``: e.g. ``tracing.client_interceptors(tracer)`` (trace context out)."""
-    return grpc.aio.insecure_channel(
-        settings.target,
-        options=channel_options(settings, retry_methods),
-        interceptors=list(interceptors) or None,
+    """A grpc.aio channel to ``settings.target``: TLS (mTLS with a client certificate) when a
+    CA is configured, else plaintext (close it with ``await ch.close()``); ``interceptors``:
+    e.g. ``tracing.client_interceptors(tracer)`` (trace context out)."""
+    options = channel_options(settings, retry_methods)
+    chained = list(interceptors) or None
+    tls = settings.tls
+    if not tls.ca_file:
+        return grpc.aio.insecure_channel(settings.target, options=options, interceptors=chained)
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ValueError("TLS: a client certificate needs both cert_file and key_file")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(tls.ca_file).read_bytes(),
+        private_key=Path(tls.key_file).read_bytes() if tls.key_file else None,
+        certificate_chain=Path(tls.cert_file).read_bytes() if tls.cert_file else None,
+    )
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(
+        settings.target, credentials, options=options, interceptors=chained
     )
 
 

@@ -18,6 +18,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -31,7 +32,7 @@ from services.common import tracing
 from services.common.errors import ErrorCode, abort, abort_for_exception, error_code_of
 from services.common.interceptors import RpcMetrics, ServerObserver
 from services.common.metrics import ServiceMetrics, start_metrics_server
-from services.common.settings import BaseServiceSettings
+from services.common.settings import BaseServiceSettings, ServerTlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,19 @@ def build_server(
     return server, health_servicer
 
 
+def server_credentials(tls: ServerTlsSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials when a certificate is configured (mTLS with a client CA), else None."""
+    if not tls.cert_file:
+        return None
+    if not tls.key_file:
+        raise ValueError("TLS: cert_file needs key_file")
+    pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+    client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def start_server(
     service: GrpcService, settings: BaseServiceSettings, provider: TracerProvider | None = None
 ) -> ServerHandle:
@@ -188,7 +202,11 @@ async def start_server(
     rpc_metrics = RpcMetrics(service.name, service.registry)
     server, health_servicer = build_server(service, settings, rpc_metrics, provider)
     address = bind_address(settings.host, settings.port)
-    port = server.add_insecure_port(address)
+    credentials = server_credentials(settings.tls)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     handle = ServerHandle(server, health_servicer, service, settings, port, rpc_metrics)

@@ -50,6 +50,31 @@ class KeepaliveSettings(BaseModel):
     )
 
 
+class ServerTlsSettings(BaseModel):
+    """TLS on the gRPC port (off unless a certificate is given); mTLS with a client CA."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: str = Field("", description="PEM certificate chain; with key_file the port is TLS.")
+    key_file: str = Field("", description="PEM private key of cert_file.")
+    client_ca_file: str = Field(
+        "", description="PEM CA of client certificates; set = mTLS (clients must present one)."
+    )
+
+
+class ClientTlsSettings(BaseModel):
+    """TLS to gRPC services (off unless a CA is given); a client certificate for mTLS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str = Field("", description="PEM CA of the services' certificates; set = TLS.")
+    cert_file: str = Field("", description="PEM client certificate (mTLS).")
+    key_file: str = Field("", description="PEM private key of cert_file.")
+    server_name: str = Field(
+        "", description="Name expected in the services' certificates (default: target host)."
+    )
+
+
 class GrpcClientSettings(BaseModel):
     """Limits for an outgoing channel; nest it in a caller's settings (one per target)."""
 
@@ -65,6 +90,7 @@ class GrpcClientSettings(BaseModel):
     keepalive_timeout_ms: int = Field(
         5_000, ge=500, le=600_000, description="Wait for a ping ack before closing (ms)."
     )
+    tls: ClientTlsSettings = Field(default_factory=ClientTlsSettings, description="TLS.")
 
 
 class UnknownEnvVarSource(PydanticBaseSettingsSource):
@@ -136,6 +162,7 @@ class BaseServiceSettings(StrictEnvSettings):
     keepalive: KeepaliveSettings = Field(
         default_factory=KeepaliveSettings, description="HTTP/2 keepalive."
     )
+    tls: ServerTlsSettings = Field(default_factory=ServerTlsSettings, description="gRPC TLS.")
     shutdown_grace_s: float = Field(
         10.0, ge=0, le=600, description="On stop, in-flight RPCs get this long to finish (s)."
     )

@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from services.common import tracing
 from services.controller.api import health, rest, ws
+from services.controller.auth import Quotas
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
 from services.controller.metrics import ControllerMetrics
+from services.controller.security import install_security
 from services.controller.state import ControllerState, SessionSlots, SpeculationGate
 from services.controller.store import SessionStore, create_redis
 
@@ -49,6 +51,7 @@ def create_app(
             slots=SessionSlots(settings.limits.max_sessions),
             speculation=SpeculationGate(settings.limits.max_speculations),
             tracer=tracer,
+            quotas=Quotas(redis),
         )
         try:
             yield
@@ -64,6 +67,8 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs",
     )
+
+    install_security(app, settings)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

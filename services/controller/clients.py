@@ -43,6 +43,7 @@ class ServiceClients:
                 max_message_bytes=settings.grpc_max_message_bytes,
                 keepalive_time_ms=settings.keepalive.time_ms,
                 keepalive_timeout_ms=settings.keepalive.timeout_ms,
+                tls=settings.tls,
             )
             interceptors = tracing.client_interceptors(tracer) if tracer is not None else []
             channels[name] = create_channel(client, interceptors=interceptors)

@@ -7,7 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KeepaliveSettings, LogFormat, StrictEnvSettings
+from services.common.settings import (
+    ClientTlsSettings,
+    KeepaliveSettings,
+    LogFormat,
+    StrictEnvSettings,
+)
 from services.common.tracing import TracingSettings
 from services.controller.voices import DEFAULT_ALIASES
 
@@ -85,11 +90,70 @@ class LimitSettings(BaseModel):
         400, ge=0, le=10_000, description="Audio sent ahead of real-time playback (ms)."
     )
     idle_timeout_s: float = Field(120, ge=1, le=86_400, description="Close idle sockets (s).")
+    outbound_queue_events: int = Field(
+        512, ge=4, le=100_000, description="Events queued for a client (audio: 100 ms each)."
+    )
+    slow_consumer_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="A full queue this long closes the socket 1008."
+    )
     drain_timeout_s: float = Field(
         20, ge=0, le=3600, description="Drain: how long replies in progress may finish (s)."
     )
     max_speculations: int = Field(
         16, ge=0, le=10_000, description="Speculative replies running at once (all sessions)."
+    )
+
+
+class AuthSettings(BaseModel):
+    """API keys (hashed at rest) and their limits; see docs/security.md."""
+
+    enabled: bool = Field(
+        True, description="Require API keys; false only for a loopback demo (logged loudly)."
+    )
+    keys: str = Field(
+        "",
+        description='API keys as JSON: [{"id", "sha256", "role": user|admin|metrics, limits}].',
+    )
+    keys_file: str = Field(
+        "", description="File with the same JSON (a mounted Kubernetes Secret); read at start."
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated browser Origins allowed besides the controller's own.",
+    )
+    metrics_key: bool = Field(False, description="/metrics needs a metrics or admin key.")
+    client_secret_ttl_s: int = Field(
+        600, ge=10, le=7200, description="Default lifetime of a minted client secret (s)."
+    )
+    max_sessions_per_key: int = Field(
+        8, ge=1, le=100_000, description="Default concurrent realtime sessions per key."
+    )
+    requests_per_minute: int = Field(
+        600, ge=1, le=10**6, description="Default requests (REST, WS connects) per key a minute."
+    )
+    audio_minutes_per_day: float = Field(
+        1440, gt=0, le=10_000_000, description="Default audio minutes (in + out) per key per day."
+    )
+
+
+class HttpSettings(BaseModel):
+    """HTTP server limits against slow and greedy clients (slowloris, huge bodies)."""
+
+    header_timeout_s: float = Field(
+        10, gt=0, le=600, description="A request's headers must arrive within this (s)."
+    )
+    body_timeout_s: float = Field(
+        60, gt=0, le=3600, description="A request's body must arrive within this (s)."
+    )
+    keepalive_timeout_s: float = Field(5, gt=0, le=600, description="Idle keep-alive close (s).")
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Open HTTP connections; beyond it 503."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=1024**3, description="Largest request body (not voice uploads)."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="Largest request head (bytes)."
     )
 
 
@@ -111,8 +175,13 @@ class ControllerSettings(StrictEnvSettings):
     services: ServiceTargets = Field(default_factory=ServiceTargets, description="gRPC targets.")
     turn: TurnSettings = Field(default_factory=TurnSettings, description="Session defaults.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Limits.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP server limits.")
     keepalive: KeepaliveSettings = Field(
         default_factory=KeepaliveSettings, description="gRPC client keepalive."
+    )
+    tls: ClientTlsSettings = Field(
+        default_factory=ClientTlsSettings, description="TLS to the gRPC services."
     )
     grpc_max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="gRPC client message cap."

@@ -14,6 +14,9 @@ class ControllerMetrics:
         self.errors = base.errors
         self.record_error = base.record_error
         self.active_sessions = base.gauge("active_sessions", "Open realtime WebSocket sessions.")
+        self.sessions_rejected = base.counter(
+            "sessions_rejected", "Realtime connects refused at admission, by reason.", ["reason"]
+        )
         self.time_to_first_audio = base.histogram(
             "time_to_first_audio",
             "End of user speech to the first reply audio byte sent, by pipeline.",

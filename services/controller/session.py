@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from stepaudio.serving.v1 import llm_pb2, vad_pb2
 
 from services.common.audio import AudioError, resample
-from services.common.errors import ErrorCode, code_from_rpc_error
+from services.common.errors import ErrorCode, ServiceError, code_from_rpc_error
 from services.common.tracing import TurnTrace
 from services.controller import openai_events
 from services.controller.audio_formats import decode_input
@@ -45,6 +45,7 @@ from services.controller.context import (
     transcription_messages,
 )
 from services.controller.input_audio import InputAudio
+from services.controller.limits import check_voice, parse_event_json
 from services.controller.openai_events import Dialect, EdgeError, EventRenderer
 from services.controller.protocol import (
     CLIENT_EVENT,
@@ -76,8 +77,6 @@ from services.controller.voices import resolve_voice
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
-OUTBOUND_QUEUE = 512  # events; ≈ 10 s of 20 ms audio deltas
-SEND_TIMEOUT_S = 5.0  # a client that does not read for this long is closed (slow consumer)
 VAD_RETRY_FIRST_S, VAD_RETRY_MAX_S = 0.2, 5.0  # VAD stream reopen backoff
 CANCEL_WAIT_S = 2.0  # a cancelled reply gets this long to unwind before the turn goes on
 SHED_RETRIES = 8  # a real reply's retries after shedding speculations from a full LLM
@@ -134,7 +133,7 @@ class RealtimeSession:
         self.audio = InputAudio(state.clients, state.settings.rpc_timeout_s)
         self.audio.set_input_rate(settings.input_sample_rate_hz)
         self._outbound: asyncio.Queue[tuple[dict[str, Any] | bytes, str | None]] = asyncio.Queue(
-            maxsize=OUTBOUND_QUEUE
+            maxsize=state.settings.limits.outbound_queue_events
         )
         self._dropped_responses: dict[str, None] = {}  # insertion-ordered set
         self.reply: Reply | None = None
@@ -145,6 +144,7 @@ class RealtimeSession:
         self._user_speaking = False
         self.closed = False
         self._trace = TurnTrace(state.tracer, session_id)  # one trace per turn
+        self.audio_seconds = 0.0  # audio in and out, metered against the key's daily quota
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -237,7 +237,7 @@ class RealtimeSession:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives just as the put completes, and a cancelled reply's _play worker
             # then ran on and blocked its task (and the socket's reader) for good
-            async with asyncio.timeout(SEND_TIMEOUT_S):
+            async with asyncio.timeout(self.state.settings.limits.slow_consumer_timeout_s):
                 await self._outbound.put(item)
         except TimeoutError:
             log.warning("slow consumer session=%s: closing", self.session_id)
@@ -278,6 +278,8 @@ class RealtimeSession:
                 else:
                     await self._on_text(message.get("text") or "")
                 self._protocol_errors = 0
+            except ServiceError as exc:
+                await self._protocol_error(exc.code, str(exc))
             except ProtocolError as exc:
                 await self._protocol_error(exc.code, str(exc), client_event_id=exc.event_id)
                 if self._protocol_errors > self.state.settings.limits.max_protocol_errors:
@@ -295,10 +297,7 @@ class RealtimeSession:
         await self.send(error_event(code, message, event_type, client_event_id))
 
     async def _on_text(self, text: str) -> None:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc.msg}") from exc
+        raw = parse_event_json(text)
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "an event is a JSON object with a type")
         event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
@@ -366,6 +365,7 @@ class RealtimeSession:
             samples = decode_input(data, self.settings.input_encoding)
         except AudioError as exc:
             raise ProtocolError(exc.code, str(exc)) from exc
+        self.audio_seconds += samples.size / self.settings.input_sample_rate_hz
         self.audio.push(samples)
         too_long = self.audio.utterance_samples > self.state.settings.limits.max_turn_s * 16_000
         if self.audio.capturing and too_long:  # a turn that never ends is committed as is
@@ -380,6 +380,8 @@ class RealtimeSession:
             )
         candidate = SessionSettings(**self.settings.to_dict())
         changed = candidate.apply(update)
+        if "voice" in changed:
+            await check_voice(self.state.clients.tts, candidate.voice)
         if "pipeline" in changed and candidate.pipeline == "end_to_end":
             if self.state.clients.e2e_llm is None:
                 raise ProtocolError(
@@ -777,7 +779,7 @@ class RealtimeSession:
             await reply.sink.released.wait()  # a held reply finishes only once committed
         await reply.sink.drained()  # response.done after the held audio
         if error is not None:
-            await self._service_error(error, "llm")
+            await self._service_error(error, reply.progress.failed_service or "llm")
         await self._finish_reply(reply, status)
 
     async def _run_with_shedding(self, reply: Reply, plan: ResponsePlan) -> None:
@@ -836,10 +838,12 @@ class RealtimeSession:
     async def _finish_reply(self, reply: Reply, status: str, interrupted: bool = False) -> None:
         """Store the assistant turn (what was sent), close its item, report response.done."""
         progress = reply.progress
+        self.audio_seconds += progress.audio_seconds_sent
+        interrupted = interrupted or status == "failed"  # store only what was spoken
         text = (
             progress.text_sent if interrupted else (progress.text_sent or progress.text_generated)
         )
-        if text or interrupted:
+        if text or (interrupted and status != "failed"):
             turn = Turn(role="assistant", text=text, interrupted=interrupted, id=reply.item_id)
             await self._store_turn(turn)
         timings = progress.timings_ms(reply.end_of_speech)

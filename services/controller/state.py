@@ -12,6 +12,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from services.controller.auth import Quotas
 from services.controller.clients import ServiceClients
 from services.controller.config import ControllerSettings
 from services.controller.metrics import ControllerMetrics
@@ -67,6 +68,7 @@ class ControllerState:
     metrics: ControllerMetrics
     slots: SessionSlots
     speculation: SpeculationGate
+    quotas: Quotas
     draining: bool = False
     sessions: set[Any] = field(default_factory=set)  # live RealtimeSession objects
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)  # turn spans

@@ -15,7 +15,7 @@ import base64
 import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ class ResponseProgress:
         """Stage times relative to ``origin`` (end of speech); negative = before it."""
         return {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()}
 
+    failed_service: str = ""  # the stage whose failure ended the reply ("llm", "tts")
     text_with_audio: bool = False  # end to end: text and audio come interleaved from one model
     text_only: bool = False  # output_modalities ["text"]: no TTS, the text is what was sent
     prompt_tokens: int = 0  # usage, as the LLM service reports it
@@ -318,36 +319,35 @@ class ResponseRunner:
     # -- cascade ---------------------------------------------------------------------------
 
     async def _run_cascade(self) -> None:
-        """LLM → clauses → TTS (runs ahead) → audio queue → paced playback, all concurrent."""
+        """LLM → clauses → TTS (runs ahead) → audio queue → paced playback, all concurrent;
+        the first stage to fail ends the reply at once (a dead TTS cancels the LLM call)."""
         if not self.plan.audio:
             await self._run_text_only()
             return
         clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
         audio: asyncio.Queue[tuple[np.ndarray, str] | None] = asyncio.Queue(maxsize=AUDIO_AHEAD)
-        workers = [
-            asyncio.create_task(self._speak_clauses(clauses, audio)),
-            asyncio.create_task(self._play(audio)),
-        ]
-        try:
-            splitter = ClauseSplitter()
-            async with self._llm_stream(self.clients.llm) as replies:
-                async for reply in replies:
-                    if not reply.text:
-                        continue
-                    self.progress.text_generated += reply.text
-                    await self.sink.text_delta(reply.text)
-                    for clause in splitter.push(reply.text):
-                        self.sink.mark("first_clause")
-                        await clauses.put(clause)
-            for clause in splitter.flush():  # a reply without a clause end is one clause
-                self.sink.mark("first_clause")
-                await clauses.put(clause)
-            await clauses.put(None)
-            await asyncio.gather(*workers)
-        finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        await watch_stages(
+            self.progress,
+            llm=self._generate_clauses(clauses),
+            tts=self._speak_clauses(clauses, audio),
+            playback=self._play(audio),
+        )
+
+    async def _generate_clauses(self, clauses: asyncio.Queue[str | None]) -> None:
+        splitter = ClauseSplitter()
+        async with self._llm_stream(self.clients.llm) as replies:
+            async for reply in replies:
+                if not reply.text:
+                    continue
+                self.progress.text_generated += reply.text
+                await self.sink.text_delta(reply.text)
+                for clause in splitter.push(reply.text):
+                    self.sink.mark("first_clause")
+                    await clauses.put(clause)
+        for clause in splitter.flush():  # a reply without a clause end is one clause
+            self.sink.mark("first_clause")
+            await clauses.put(clause)
+        await clauses.put(None)
 
     async def _run_text_only(self) -> None:
         self.progress.text_only = True
@@ -425,34 +425,42 @@ class ResponseRunner:
 
         The LLM service sorts the ids; this side knows no id ranges.
         """
-        if self.clients.e2e_llm is None:
+        stub = self.clients.e2e_llm
+        if stub is None:
             raise E2eUnavailable(
                 "this deployment has no end-to-end LLM (CONTROLLER_SERVICES__E2E_LLM)"
             )
         self.progress.text_with_audio = True
         groups: asyncio.Queue[list[int] | None] = asyncio.Queue(maxsize=256)
-        vocoder = asyncio.create_task(self._vocode(groups))
-        try:
-            malformed: llm_pb2.MalformedAudio | None = None
-            async with self._llm_stream(self.clients.e2e_llm) as replies:
-                async for reply in replies:
-                    text, audio_ids, end = split_pieces(reply.pieces)
-                    if text:
-                        self.progress.text_generated += text
-                        await self.sink.text_delta(text)
-                    if audio_ids:  # one reply's groups go to the vocoder together
-                        self.progress.audio_token_ids += len(audio_ids)
-                        await groups.put(audio_ids)
-                    if end is not None and end.HasField("malformed_audio"):
-                        malformed = end.malformed_audio
-            await groups.put(None)
-            await vocoder
-            if malformed is not None:
-                await self._report_malformed(malformed)
-        finally:
-            if not vocoder.done():
-                vocoder.cancel()
-                await asyncio.gather(vocoder, return_exceptions=True)
+        malformed: list[llm_pb2.MalformedAudio] = []
+        await watch_stages(
+            self.progress,
+            llm=self._generate_groups(stub, groups, malformed),
+            tts=self._vocode(groups),
+        )
+        for report in malformed:  # after the reply's audio, before response.done
+            await self._report_malformed(report)
+
+    async def _generate_groups(
+        self,
+        stub: llm_pb2_grpc.LlmServiceAsyncStub,
+        groups: asyncio.Queue[list[int] | None],
+        malformed: list[llm_pb2.MalformedAudio],
+    ) -> None:
+        """The end-to-end LLM's pieces: text deltas to the client, whole audio groups to the
+        vocoder; a malformed-audio report (from the LLM service) is kept for after the audio."""
+        async with self._llm_stream(stub) as replies:
+            async for reply in replies:
+                text, audio_ids, end = split_pieces(reply.pieces)
+                if text:
+                    self.progress.text_generated += text
+                    await self.sink.text_delta(text)
+                if audio_ids:  # one reply's groups go to the vocoder together
+                    self.progress.audio_token_ids += len(audio_ids)
+                    await groups.put(audio_ids)
+                if end is not None and end.HasField("malformed_audio"):
+                    malformed.append(end.malformed_audio)
+        await groups.put(None)
 
     async def _report_malformed(self, malformed: llm_pb2.MalformedAudio) -> None:
         """Malformed audio from the LLM is named to the client; the reply and session go on."""
@@ -498,6 +506,24 @@ def split_pieces(
         elif kind == "end":
             end = piece.end
     return text, audio_ids, end
+
+
+async def watch_stages(progress: ResponseProgress, **stages: Coroutine[Any, Any, None]) -> None:
+    """Run a reply's stages concurrently until all finish; the first that fails cancels the
+    others and its error is raised, its service named in ``progress.failed_service``."""
+    tasks = {asyncio.create_task(coro): name for name, coro in stages.items()}
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    progress.failed_service = "tts" if tasks[task] == "tts" else "llm"
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class E2eUnavailable(RuntimeError):

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 MAX_NAME_CHARS = 64
 MAX_PROMPT_TEXT_CHARS = 1000
 # letters (any script: built-ins include "Tingting哼唱"), digits, "_" and "-"
-_NAME = re.compile(r"^[\w-]+$")
+_NAME = re.compile(r"[\w-]+")  # always fullmatch: "$" would let "name\n" through
 
 
 class VoiceError(ValueError):
@@ -58,7 +58,7 @@ class Voice:
 def check_voice_name(name: str) -> str:
     if not name:
         raise VoiceError("invalid_argument", "voice name is empty")
-    if len(name) > MAX_NAME_CHARS or not _NAME.match(name):
+    if len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
         raise VoiceError(
             "invalid_argument",
             f"voice name {name[:MAX_NAME_CHARS]!r} must be 1..{MAX_NAME_CHARS} letters, digits, "

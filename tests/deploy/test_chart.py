@@ -492,3 +492,21 @@ def test_rules_ship_as_a_prometheusrule(chart: helm.Chart) -> None:
 def test_observability_objects_are_optional(default: Manifests) -> None:
     assert not default.of_kind("PrometheusRule")
     assert not [m for m in default.of_kind("ConfigMap") if "-dashboard-" in m["metadata"]["name"]]
+
+
+def test_api_keys_from_a_secret_and_the_drain_presents_the_admin_key(chart: helm.Chart) -> None:
+    assert render(chart).container("controller").env["CONTROLLER_AUTH__ENABLED"] == "true"
+    values = {"controller": {"auth": {"existingSecret": "stepaudio-keys"}}}
+    manifests = render(chart, values)
+    controller = manifests.container("controller")
+    keys_file = controller.env["CONTROLLER_AUTH__KEYS_FILE"]
+    assert keys_file == "/etc/stepaudio/keys/keys.json"
+    (mount,) = [m for m in controller.spec["volumeMounts"] if m["name"] == "api-keys"]
+    assert keys_file.startswith(mount["mountPath"]) and mount["readOnly"]
+    pod = manifests.deployment("controller")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "stepaudio-keys"
+    (admin,) = [e for e in controller.spec["env"] if e["name"] == "STEPAUDIO_ADMIN_KEY"]
+    assert admin["valueFrom"]["secretKeyRef"]["key"] == "admin-key"
+    pre_stop = " ".join(controller.spec["lifecycle"]["preStop"]["exec"]["command"])
+    assert "STEPAUDIO_ADMIN_KEY" in pre_stop and "Authorization" in pre_stop

@@ -23,6 +23,7 @@ from services.common.grpc_server import serve
 from services.common.tracing import tracer_provider
 from services.controller.app import create_app
 from services.controller.config import ControllerSettings
+from services.controller.http_server import uvicorn_config
 from services.llm.config import LlmSettings
 from services.llm.server import LlmService
 from services.tokenizer.config import TokenizerSettings
@@ -97,7 +98,8 @@ async def running_stack(
             handle = await stack.enter_async_context(serve(service, settings, provider))
             started[name] = service
             targets[name] = handle.address
-        overrides = controller or {}
+        # the suite's stack runs with auth off unless a test configures it (tests/reliability)
+        overrides = {"auth": {"enabled": False}, **(controller or {})}
         settings = ControllerSettings(
             host="127.0.0.1",
             port=free_port(),
@@ -109,15 +111,7 @@ async def running_stack(
         app = create_app(
             settings, registry, tracer_provider("controller", settings.tracing, exporters)
         )
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            ws_max_size=settings.limits.ws_max_message_bytes,
-            ws_per_message_deflate=False,
-            lifespan="on",
-        )
+        config = uvicorn_config(app, settings, log_level="warning")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         try:

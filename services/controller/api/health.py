@@ -46,13 +46,17 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 @router.post("/admin/drain")
 async def drain(request: Request) -> JSONResponse:
-    """Kubernetes preStop calls this from inside the pod: readiness turns false, new sessions
-    are refused (1013), replies in progress get ``drain_timeout_s`` to finish, then every
-    socket is closed with 1012 so clients resume on another controller (context is in Redis).
+    """Kubernetes preStop calls this from inside the pod, with the admin key when auth is on
+    (docs/security.md; cross-site requests are refused before this): readiness turns false,
+    new sessions are refused (1013), replies in progress get ``drain_timeout_s`` to finish,
+    then every socket is closed with 1012 so clients resume on another controller.
     """
-    if request.client is None or request.client.host not in LOOPBACK:
+    principal = request.scope.get("auth")
+    admin_key = principal is not None and principal.limited and principal.role == "admin"
+    loopback = request.client is not None and request.client.host in LOOPBACK
+    if not (admin_key or loopback):  # without keys (auth off): the pod itself only
         return JSONResponse({"error": {"code": "permission_denied",
-                                       "message": "drain is only accepted from the pod itself"}},
+                                       "message": "drain needs an admin key or the pod itself"}},
                             status_code=403)  # fmt: skip
     state = controller(request)
     state.draining = True

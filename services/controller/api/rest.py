@@ -18,6 +18,7 @@ from stepaudio.serving.v1 import llm_pb2, tts_pb2
 
 from services.common.audio import AudioError, decode_audio_file, float_to_pcm16, resample
 from services.common.errors import ErrorCode, code_from_rpc_error, http_status_for
+from services.controller.admission import metered_speech
 from services.controller.input_audio import pcm16_chunk
 from services.controller.protocol import SpeechRequest
 from services.controller.speech_encoding import CODECS, encode_stream
@@ -91,7 +92,9 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc, "tts")
     audio_ids = [0]  # TTS audio ids generated (usage of the SSE stream)
-    chunks = _pcm_chunks(call, first, audio_ids)
+    chunks = metered_speech(
+        state, request.scope.get("auth"), _pcm_chunks(call, first, audio_ids), rate
+    )
     media = MEDIA_TYPES[body.response_format]
     stream: AsyncIterator[bytes]
     if body.response_format == "flac":

@@ -8,6 +8,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 
+from services.controller.admission import admitted, attach, resumable
 from services.controller.openai_events import dialect_from_handshake
 from services.controller.session import RealtimeSession
 from services.controller.state import ControllerState
@@ -19,13 +20,10 @@ log = logging.getLogger(__name__)
 @router.websocket("/v1/realtime")
 async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
     state: ControllerState = ws.app.state.controller
-    if state.draining or not state.slots.try_acquire():
-        # 1013 "try again later": over the session limit, or this controller is draining
-        await ws.close(code=1013, reason="overloaded" if not state.draining else "draining")
-        return
-    state.metrics.active_sessions.inc()
-    try:
-        await ws.accept()
+    async with admitted(ws, state) as admission:
+        if admission is None:  # closed with 1013/1008 and the reason
+            return
+        session_id = await resumable(state, admission.principal, session_id)
         try:
             dialect = dialect_from_handshake(ws.headers, ws.query_params)
             session, resumed, expired = await RealtimeSession.open(ws, state, session_id, dialect)
@@ -33,11 +31,9 @@ async def realtime(ws: WebSocket, session_id: str | None = None) -> None:
             log.warning("refusing a session: session store unavailable: %s", exc)
             await ws.close(code=1013, reason="session store unavailable")
             return
+        await attach(state, admission, session)
         state.sessions.add(session)
         try:
             await session.run(resumed=resumed, expired=expired)
         finally:
             state.sessions.discard(session)
-    finally:
-        state.slots.release()
-        state.metrics.active_sessions.dec()
