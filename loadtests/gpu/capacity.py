@@ -290,13 +290,15 @@ def run_point(url: str, sessions: int, options: LoadOptions, workers: int, work:
     return summaries[0], turns
 
 
-def commit_of(repo: Path) -> str:
+def commit_of(repo: Path, work: Path) -> str:
     """The code's commit: git where the checkout has .git, else the COMMIT file that
-    prepare_stack.py wrote beside the carried files."""
+    prepare_stack.py wrote beside the carried files (capacity.sh copies it to the work folder)."""
     from loadtests.load_report import git_commit
 
-    carried = repo / ".gpustack" / "COMMIT"
-    return git_commit() or (carried.read_text().strip() if carried.is_file() else "")
+    for carried in (work / "COMMIT", repo / ".gpustack" / "COMMIT"):
+        if carried.is_file():
+            return git_commit() or carried.read_text().strip()
+    return git_commit()
 
 
 def write_outputs(out: Path, work: Path, report: dict[str, Any]) -> None:
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python -m loadtests.gpu.capacity", *(argv or sys.argv[1:])])
         target = f"one-host stack, profile {setup['profile']}"
         result = build_report(command, target, options, args.workers, summaries, turns,
-                              commit_of(repo))  # fmt: skip
+                              commit_of(repo, args.work))  # fmt: skip
         result["plot"] = PLOT
         return result | {"setup": setup, "not_run": not_run, "status": status}
 

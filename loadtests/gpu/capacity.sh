@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole stack on one GPU host and its capacity curve: one device call, repeatable.
+#   bash loadtests/gpu/capacity.sh [loadtests.gpu.capacity options]
+# From the project root on the device machine (docs/gpu-results.md, "Whole stack on one GPU:
+# procedure"). Each step runs once per machine and is skipped when already done:
+#   1. the vLLM devpack's stage 2 (.devpack/b carried; stage 1 ran in the call before)
+#   2. the carried .gpustack/: wheels into /tmp/site, redis-server, clips, gRPC stubs
+#   3. python3 -m loadtests.gpu.capacity: pack, stack (outlives the call), sweep within budget
+# Exit 3: points remain, make the same call again.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=${GPUSTACK_WORK:-/tmp/gpustack}
+mkdir -p "$work"
+if [ ! -d /tmp/site/vllm ]; then
+  [ -f .devpack/b/unpack.sh ] || { echo "no vLLM at /tmp/site and no .devpack/b carried" >&2; exit 2; }
+  echo "unpacking the vLLM devpack (stage 2)"
+  bash .devpack/b/unpack.sh stage2
+fi
+if [ ! -f "$work/installed" ]; then
+  [ -d .gpustack/wheels ] || { echo "no .gpustack carried (loadtests/gpu/prepare_stack.py)" >&2; exit 2; }
+  echo "installing $(ls .gpustack/wheels | wc -l) carried wheels into /tmp/site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .gpustack/wheels/*.whl
+  tar -xJf .gpustack/redis.tar.xz -C "$work"
+  rm -rf "$work/clips" "$work/proto" && cp -r .gpustack/clips .gpustack/proto "$work/"
+  cp .gpustack/COMMIT "$work/COMMIT"
+  touch "$work/installed"
+fi
+export PATH="$work/redis/bin:$PATH"
+export PYTHONPATH="/tmp/site:$work/proto:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+redis-server --version
+nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
+exec python3 -m loadtests.gpu.capacity --work "$work" --clips-dir "$work/clips" "$@"
