@@ -125,10 +125,13 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie (our own child, exited) is not alive
+    # an exited process not yet reaped (our child, or one whose reaper is slow) is not alive
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
             return False
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 

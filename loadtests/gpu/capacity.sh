@@ -10,17 +10,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${GPUSTACK_WORK:-/tmp/gpustack}
+python=${PYTHON:-python3}
+cpu=0; case " $* " in *" --cpu "*) cpu=1 ;; esac  # the CPU dry run: no vLLM, no cp312 wheels
 mkdir -p "$work"
-if [ ! -d /tmp/site/vllm ]; then
+if [ $cpu = 0 ] && [ ! -d /tmp/site/vllm ]; then
   [ -f .devpack/b/unpack.sh ] || { echo "no vLLM at /tmp/site and no .devpack/b carried" >&2; exit 2; }
   echo "unpacking the vLLM devpack (stage 2)"
   bash .devpack/b/unpack.sh stage2
 fi
 if [ ! -f "$work/installed" ]; then
   [ -d .gpustack/wheels ] || { echo "no .gpustack carried (loadtests/gpu/prepare_stack.py)" >&2; exit 2; }
-  echo "installing $(ls .gpustack/wheels | wc -l) carried wheels into /tmp/site"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .gpustack/wheels/*.whl
+  if [ $cpu = 0 ]; then
+    echo "installing $(ls .gpustack/wheels | wc -l) carried wheels into /tmp/site"
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .gpustack/wheels/*.whl
+  fi
   tar -xJf .gpustack/redis.tar.xz -C "$work"
   rm -rf "$work/clips" "$work/proto" && cp -r .gpustack/clips .gpustack/proto "$work/"
   cp .gpustack/COMMIT "$work/COMMIT"
@@ -31,4 +35,4 @@ export PYTHONPATH="/tmp/site:$work/proto:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 redis-server --version
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
-exec python3 -m loadtests.gpu.capacity --work "$work" --clips-dir "$work/clips" "$@"
+exec "$python" -m loadtests.gpu.capacity --work "$work" --clips-dir "$work/clips" "$@"

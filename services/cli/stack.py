@@ -102,7 +102,9 @@ def wait_serving(
             if process.poll() is not None:
                 raise exited_error(name, process, log)
             with contextlib.suppress(grpc.RpcError):
-                if stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                # types-grpcio-health-checking declares HealthStub without its methods
+                reply = stub.Check(request, timeout=2)  # type: ignore[attr-defined]
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             time.sleep(0.25)
     raise CliError(f"{name} was not SERVING within {timeout_s:.0f} s (log: {log})")
