@@ -8,6 +8,7 @@
 #   3. python3 -m loadtests.gpu.capacity: pack, stack (outlives the call), sweep within budget
 # Exit 3: points remain, make the same call again.
 set -euo pipefail
+export GPUSTACK_CALL_START=${GPUSTACK_CALL_START:-$(date +%s)}
 cd "$(dirname "$0")/../.."
 work=${GPUSTACK_WORK:-/tmp/gpustack}
 python=${PYTHON:-python3}
@@ -33,6 +34,8 @@ fi
 export PATH="$work/redis/bin:$PATH"
 export PYTHONPATH="/tmp/site:$work/proto:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+# nothing outside the machine can be reached: no hub look-ups, no usage reports
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 redis-server --version
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
 exec "$python" -m loadtests.gpu.capacity --work "$work" --clips-dir "$work/clips" "$@"
