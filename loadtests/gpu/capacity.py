@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--points-per-call", type=int, default=0, help="at most this many points (0: any)")
     add("--clips-dir", type=Path, help="rendered clips (a host without espeak-ng)")
     add("--seed", type=int, default=7)
+    add("--prepare-only", action="store_true", help="write the pack and exit (a call of its own)")
     add("--stop", action="store_true", help="stop the running stack and exit")
     add("--keep-running", action="store_true", help="leave the stack up when every point is done")
     return parser.parse_args(argv)
@@ -361,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pack = ensure_pack(args, setup)
+        if args.prepare_only:
+            write_outputs(out, args.work, report(points, "prepared"))
+            print(f"pack ready at {pack}", flush=True)
+            return 0
         state = read_state(args.work)
         if state is None:
             state = start_stack(args, pack, max(points))

@@ -4,8 +4,8 @@
 # From the project root on the device machine (docs/gpu-results.md, "Whole stack on one GPU:
 # procedure"). Each step runs once per machine and is skipped when already done:
 #   1. the vLLM devpack's stage 2 (.devpack/b carried; stage 1 ran in the call before)
-#   2. the carried .gpustack-extra/ (own call: --install-only) and .gpustack/: wheels into
-#      /tmp/site, redis-server, clips, gRPC stubs
+#   2. the carried .gpustack-extra/ and .gpustack/: wheels into /tmp/site, redis-server, clips,
+#      gRPC stubs (--prepare-only: these and the model pack, in a call before .devpack/b's)
 #   3. python3 -m loadtests.gpu.capacity: pack, stack (outlives the call), sweep within budget
 # Exit 3: points remain, make the same call again.
 set -euo pipefail
@@ -15,6 +15,7 @@ work=${GPUSTACK_WORK:-/tmp/gpustack}
 python=${PYTHON:-python3}
 cpu=0; case " $* " in *" --cpu "*) cpu=1 ;; esac  # the CPU dry run: no vLLM, no cp312 wheels
 install_only=0; case " $* " in *" --install-only "*) install_only=1 ;; esac
+prepare_only=0; case " $* " in *" --prepare-only "*) prepare_only=1 ;; esac  # no vLLM yet
 mkdir -p "$work"
 # the carried wheel parts: .gpustack-extra (its own call, the largest wheels) and .gpustack
 for part in .gpustack-extra .gpustack; do
@@ -26,7 +27,7 @@ for part in .gpustack-extra .gpustack; do
   fi
 done
 [ $install_only = 1 ] && exit 0
-if [ $cpu = 0 ] && [ ! -d /tmp/site/vllm ]; then
+if [ $cpu = 0 ] && [ $prepare_only = 0 ] && [ ! -d /tmp/site/vllm ]; then
   [ -f .devpack/b/unpack.sh ] || { echo "no vLLM at /tmp/site and no .devpack/b carried" >&2; exit 2; }
   echo "unpacking the vLLM devpack (stage 2)"
   bash .devpack/b/unpack.sh stage2
@@ -45,7 +46,7 @@ export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 redis-server --version
 # every module a service imports at start, so that a missing wheel shows here, by name
-"$python" -c "import services.controller.app, services.vad.server, services.tokenizer.server, \
-services.llm.server, services.tts.server, loadtests.realtime_load"
+[ $prepare_only = 1 ] || "$python" -c "import services.controller.app, services.vad.server, \
+services.tokenizer.server, services.llm.server, services.tts.server, loadtests.realtime_load"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
 exec "$python" -m loadtests.gpu.capacity --work "$work" --clips-dir "$work/clips" "$@"
