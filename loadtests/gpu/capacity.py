@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.load_report import TABLE_HEADER, table_row
+from loadtests.load_report import checks as checks_of
 from loadtests.realtime_load import LoadOptions, build_report, sweep, write_report
 from services.cli.stack import free_port
 
@@ -360,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         result["plot"] = PLOT
         return result | {"setup": setup, "not_run": not_run, "status": status}
 
+    pending = [n for n in points if n not in {p["sessions"] for p in summaries}]
+    if not pending and not args.prepare_only:
+        write_outputs(out, args.work, report([], "done"))
+        print(f"every point is measured already ({saved})", flush=True)
+        return 0 if all(checks_of(summaries).values()) else 1
     try:
         pack = ensure_pack(args, setup)
         if args.prepare_only:
@@ -382,15 +388,19 @@ def main(argv: list[str] | None = None) -> int:
         setup["ready_after_s"] = round(time.time() - state["started"], 1)
         setup["gpu_memory_at_ready"] = gpu_memory_by_process()
         print(f"stack ready at {state['url']} after {setup['ready_after_s']} s", flush=True)
+    print(TABLE_HEADER, flush=True)
     if args.warmup_sessions and "warmup" not in setup:
         warmup = dataclasses.replace(options, turns=1, duration_s=None)
+        if time.monotonic() + point_worst_s(warmup) > deadline:
+            write_outputs(out, args.work, report(pending, "ready, no time left for the warm-up"))
+            print("no time left in this call for the warm-up point: call again", flush=True)
+            return EXIT_MORE
+        print(f"warm-up point, {args.warmup_sessions} sessions (not in the curve):", flush=True)
         summary, _ = run_point(state["url"], args.warmup_sessions, warmup, 1, args.work)
         setup["warmup"] = {k: summary[k] for k in ("sessions", "turns", "errors", "latency_ms")}
+        write_outputs(out, args.work, report(pending, "warmed up"))
 
-    done = {p["sessions"] for p in summaries}
-    pending = [n for n in points if n not in done]
     ran = 0
-    print(TABLE_HEADER, flush=True)
     while pending:
         if args.points_per_call and ran >= args.points_per_call:
             break
@@ -401,8 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, records = run_point(state["url"], sessions, options, args.workers, args.work)
         summaries.append(summary)
         turns.extend(records)
-        ran += 1
-        print(table_row(summary), flush=True)
+        ran += 1  # sweep() printed its table row
         write_outputs(out, args.work, report(pending, "running"))
     final = report(pending, "more points to run" if pending else "done")
     write_outputs(out, args.work, final)

@@ -74,3 +74,8 @@ def test_dry_run_starts_once_resumes_and_stops(tiny_pack: Path, tmp_path: Path) 
     assert serve_log.count("starting the stack") == 1
     assert "profile cpu: CONTROLLER_LIMITS__MAX_SESSIONS=2" in serve_log
     asyncio.run(eventually(lambda: not alive(state["pid"]), 30, "the stack stopped at the end"))
+    # a call after the last point starts nothing and leaves the report as it was
+    third = capacity_call(work, tiny_pack, out)
+    assert third.returncode == 0 and "measured already" in third.stdout, third.stdout
+    assert not (work / "stack.json").exists()
+    assert json.loads((out / "capacity.json").read_text())["points"] == report["points"]
