@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ STATE = "stack.json"  # the running stack: serve's pid (its process group) and t
 READY_MARGIN_S = 5.0  # leave this much of the budget for writing the outputs
 POINT_SLACK_S = 10.0  # settle + summaries beyond the scenario's own worst case
 EXIT_MORE = 3
+LOG_TAIL_BYTES = 8 * 2**20  # per log in logs.tar.gz (text compresses ~10x)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -181,7 +183,7 @@ def wait_ready(state: dict[str, Any], deadline: float, work: Path) -> bool:
     return False
 
 
-def stop_stack(work: Path, timeout_s: float = 60.0) -> None:
+def stop_stack(work: Path, timeout_s: float = 30.0) -> None:
     state = read_state(work)
     if state is None:
         return
@@ -324,11 +326,21 @@ def write_outputs(out: Path, work: Path, report: dict[str, Any]) -> None:
     rows += [f"not run: {report['not_run']}", f"commit: {report['commit']}"]
     (out / TABLE).write_text("\n".join(rows) + "\n")
     with tarfile.open(out / LOGS, "w:gz") as tar:
-        for path in [work / "serve.log", *sorted((work / "stack").glob("*.log"))]:
+        logs = [work / "serve.log", *sorted((work / "stack").glob("*.log"))]
+        for path in [*logs, *sorted(work.glob("gpu-*.csv"))]:
             if path.is_file():
-                tar.add(path, arcname=path.name)
-        for path in sorted(work.glob("gpu-*.csv")):
-            tar.add(path, arcname=path.name)
+                add_tail(tar, path, LOG_TAIL_BYTES)
+
+
+def add_tail(tar: tarfile.TarFile, path: Path, limit: int) -> None:
+    """The file's last ``limit`` bytes (a file back from the device is at most 16 MiB)."""
+    with path.open("rb") as source:
+        size = source.seek(0, os.SEEK_END)
+        source.seek(max(0, size - limit))
+        data = source.read()
+    info = tarfile.TarInfo(path.name)
+    info.size, info.mtime = len(data), int(path.stat().st_mtime)
+    tar.addfile(info, io.BytesIO(data))
 
 
 def main(argv: list[str] | None = None) -> int:
