@@ -4,9 +4,10 @@
 # From the project root on the device machine (docs/gpu-results.md, "Whole stack on one GPU:
 # procedure"). Each step runs once per machine and is skipped when already done:
 #   1. the vLLM devpack's stage 2 (.devpack/b carried; stage 1 ran in the call before)
-#   2. the carried .gpustack-extra/ and .gpustack/: wheels into /tmp/site, redis-server, clips,
-#      gRPC stubs (--prepare-only: these and the model pack, in a call before .devpack/b's)
+#   2. the carried .gpustack/ and .gpustack-extra/: wheels into /tmp/site.gpustack[-extra],
+#      redis-server, clips, gRPC stubs
 #   3. python3 -m loadtests.gpu.capacity: pack, stack (outlives the call), sweep within budget
+#      (--prepare-only: the pack, then exit: the call that carries .devpack/b and .gpustack)
 # Exit 3: points remain, make the same call again.
 set -euo pipefail
 export GPUSTACK_CALL_START=${GPUSTACK_CALL_START:-$(date +%s)}
@@ -15,23 +16,30 @@ work=${GPUSTACK_WORK:-/tmp/gpustack}
 python=${PYTHON:-python3}
 cpu=0; case " $* " in *" --cpu "*) cpu=1 ;; esac  # the CPU dry run: no vLLM, no cp312 wheels
 install_only=0; case " $* " in *" --install-only "*) install_only=1 ;; esac
-prepare_only=0; case " $* " in *" --prepare-only "*) prepare_only=1 ;; esac  # no vLLM yet
+prepare_only=0; case " $* " in *" --prepare-only "*) prepare_only=1 ;; esac  # no .gpustack-extra yet
 mkdir -p "$work"
-# the carried wheel parts: .gpustack-extra (its own call, the largest wheels) and .gpustack
-for part in .gpustack-extra .gpustack; do
+# vLLM and what the devpack brings (pydantic, fastapi, ...): even writing the pack needs it
+if [ $cpu = 0 ] && [ ! -d /tmp/site/vllm ]; then
+  if [ -f .devpack/b/unpack.sh ]; then
+    echo "unpacking the vLLM devpack (stage 2)"
+    bash .devpack/b/unpack.sh stage2
+  elif [ $install_only = 0 ]; then
+    echo "no vLLM at /tmp/site and no .devpack/b carried (stage 1 first, then .devpack/b)" >&2
+    exit 2
+  fi
+fi
+# the carried wheel parts, each into a folder of its own: pip --target --upgrade replaces a
+# whole top-level folder, and opentelemetry/ (the devpack's API and SDK, the exporter here) and
+# google/ are namespaces shared between packages; on PYTHONPATH they merge
+for part in .gpustack .gpustack-extra; do
   if [ $cpu = 0 ] && [ -d $part/wheels ] && [ ! -f "$work/installed$part" ]; then
-    echo "installing $(ls $part/wheels | wc -l) carried wheels from $part into /tmp/site"
-    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site $part/wheels/*.whl
+    echo "installing $(ls $part/wheels | wc -l) carried wheels from $part into /tmp/site$part"
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --target /tmp/site$part $part/wheels/*.whl
     touch "$work/installed$part"
   fi
 done
 [ $install_only = 1 ] && exit 0
-if [ $cpu = 0 ] && [ $prepare_only = 0 ] && [ ! -d /tmp/site/vllm ]; then
-  [ -f .devpack/b/unpack.sh ] || { echo "no vLLM at /tmp/site and no .devpack/b carried" >&2; exit 2; }
-  echo "unpacking the vLLM devpack (stage 2)"
-  bash .devpack/b/unpack.sh stage2
-fi
 if [ ! -f "$work/unpacked" ]; then
   [ -d .gpustack/clips ] || { echo "no .gpustack carried (loadtests/gpu/prepare_stack.py)" >&2; exit 2; }
   tar -xJf .gpustack/redis.tar.xz -C "$work"
@@ -40,7 +48,7 @@ if [ ! -f "$work/unpacked" ]; then
   touch "$work/unpacked"
 fi
 export PATH="$work/redis/bin:$PATH"
-export PYTHONPATH="/tmp/site:$work/proto:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="/tmp/site:/tmp/site.gpustack:/tmp/site.gpustack-extra:$work/proto:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 # nothing outside the machine can be reached: no hub look-ups, no usage reports
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
