@@ -20,8 +20,9 @@ folder ``REPO/.gpustack/`` (and adds it to ``.git/info/exclude``):
 and, when the wheels would push ``.gpustack`` over ``--max-mib``, ``REPO/.gpustack-extra/wheels``
 with the largest of them (PyAV: 34 MiB), carried alone in a call of its own.
 
-``loadtests/gpu/capacity.sh`` installs them on the device (each part into a folder of its own). Rerun after a merge (the stubs and
-the commit follow the checkout; wheels already downloaded are kept).
+``loadtests/gpu/capacity.sh`` installs them on the device (each part into a folder of its own).
+Rerun after a merge (the stubs and the commit follow the checkout; wheels already downloaded
+are kept).
 """
 
 from __future__ import annotations
