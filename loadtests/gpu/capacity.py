@@ -32,6 +32,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -174,13 +175,25 @@ def start_stack(args: argparse.Namespace, pack: Path, max_sessions: int) -> dict
 def wait_ready(state: dict[str, Any], deadline: float, work: Path) -> bool:
     """True once /readyz answers; False when this call's budget ran out first (the stack goes
     on starting); raises when serve exited."""
+    shown = ""
     while time.monotonic() < deadline:
         if ready(state["url"]):
             return True
         if not alive(int(state["pid"])):
             raise RuntimeError(f"the stack exited while starting:\n{log_tails(work)}")
+        progress = ", ".join(start_times(work))
+        if progress != shown:  # one line per service that came up, for the call's output
+            print(f"starting: {progress or 'redis, vad ...'}", flush=True)
+            shown = progress
         time.sleep(1.0)
     return False
+
+
+def start_times(work: Path) -> list[str]:
+    """'vad 4.1 s', ... for each service serve reported SERVING (sequential start)."""
+    log = work / "serve.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [f"{m[0]} {m[1]} s" for m in re.findall(r"^(\w+) SERVING after ([\d.]+) s$", text, re.M)]
 
 
 def stop_stack(work: Path, timeout_s: float = 30.0) -> None:
@@ -398,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MORE
     if "ready_after_s" not in setup:
         setup["ready_after_s"] = round(time.time() - state["started"], 1)
+        setup["service_start"] = start_times(args.work)
         setup["gpu_memory_at_ready"] = gpu_memory_by_process()
         print(f"stack ready at {state['url']} after {setup['ready_after_s']} s", flush=True)
     print(TABLE_HEADER, flush=True)

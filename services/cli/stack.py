@@ -211,9 +211,11 @@ class LocalStack:
                 env["TTS_VOICES_DIR"] = str(self.workdir / "voices")
             process = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
             if self.sequential:
+                started = time.monotonic()
                 wait_serving(
                     port, process, name, self.start_timeout_s, self.workdir / f"{name}.log"
                 )
+                print(f"{name} SERVING after {time.monotonic() - started:.1f} s", flush=True)
         if (self.model_dir / layout.AQAA_DIR).is_dir():
             port = free_port()
             self.ports["e2e_llm"] = port

@@ -54,6 +54,9 @@ def test_dry_run_starts_once_resumes_and_stops(tiny_pack: Path, tmp_path: Path) 
         assert [p["sessions"] for p in report["points"]] == [1]
         assert report["not_run"] == [2] and report["status"] == "more points to run"
         assert report["setup"]["profile"] == "cpu" and report["setup"]["ready_after_s"] > 0
+        # one service after another, each SERVING before the next started
+        started = [entry.split()[0] for entry in report["setup"]["service_start"]]
+        assert started == ["vad", "tokenizer", "llm", "tts"]
         assert {"capacity.png", "capacity.md", "logs.tar.gz"} <= {p.name for p in out.iterdir()}
 
         second = capacity_call(work, tiny_pack, out)
