@@ -568,6 +568,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def build_report(
+    command: str,
+    target: str,
+    options: LoadOptions,
+    workers: int,
+    summaries: list[dict[str, Any]],
+    turns: list[dict[str, Any]],
+    commit: str | None = None,
+) -> dict[str, Any]:
+    """The report of a sweep (``REPORT``): what ran, every point, the checks, the capacity."""
+    return {
+        "command": command,
+        "commit": commit if commit is not None else git_commit(),
+        "target": target,
+        "options": asdict(options),
+        "workers": workers,
+        "points": summaries,
+        "checks": checks(summaries),
+        "largest_sessions_within_target": largest_within_target(summaries),
+        "target_p95_ms": TARGET_MS,
+        "plot": PLOT,
+        "turns": turns,
+    }
+
+
+def write_report(
+    report: dict[str, Any], out: Path, name: str = REPORT, plot_name: str = PLOT
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(report, indent=2) + "\n")
+    plot(report["points"], out / plot_name, f"realtime load, commit {report['commit'] or '?'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_clips:
@@ -585,22 +618,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if stack is not None:
                 stack.stop()
-    commit = git_commit()
-    report = {
-        "command": " ".join(["python -m loadtests.realtime_load", *(argv or sys.argv[1:])]),
-        "commit": commit,
-        "target": args.url or f"local stack on {args.model_dir or 'the tiny pack'}",
-        "options": asdict(options),
-        "workers": args.workers,
-        "points": summaries,
-        "checks": checks(summaries),
-        "largest_sessions_within_target": largest_within_target(summaries),
-        "target_p95_ms": TARGET_MS,
-        "plot": PLOT,
-        "turns": turns,
-    }
-    (args.out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    plot(summaries, args.out / PLOT, f"realtime load, commit {commit or '?'}")
+    report = build_report(
+        " ".join(["python -m loadtests.realtime_load", *(argv or sys.argv[1:])]),
+        args.url or f"local stack on {args.model_dir or 'the tiny pack'}",
+        options,
+        args.workers,
+        summaries,
+        turns,
+    )
+    write_report(report, args.out)
     print(f"largest sessions with p95 ≤ {TARGET_MS:.0f} ms, no errors, no refusals: "
           f"{report['largest_sessions_within_target']}")  # fmt: skip
     print(f"wrote {args.out / REPORT} and {args.out / PLOT}")

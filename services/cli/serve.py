@@ -10,11 +10,14 @@ import threading
 from pathlib import Path
 
 from services.cli.model_dir import add_model_dir_argument, model_root
+from services.cli.profiles import PROFILES
 from services.cli.stack import SERVICES, LocalStack
 from services.cli.supervisor import Supervisor
 from services.models import layout
 
 RUNNABLE = (*SERVICES, "controller")
+# a vLLM engine with torch.compile and CUDA graphs takes 1-3 minutes to start
+PROFILE_START_TIMEOUT_S = 900.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +27,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=8000, help="controller HTTP port")
     parser.add_argument("--host", default="127.0.0.1", help="controller bind address")
     parser.add_argument("--workdir", type=Path, default=Path("var/stack"), help="logs, redis data")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="the whole stack on one host: gpu = vLLM Chat and TTS LMs, tokenizer and token2wav "
+        "on one GPU, services started one after another; cpu = the same limits, torch engines "
+        "(fills in only settings the environment leaves unset)",
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=256, help="with --profile: sessions to size limits for"
+    )
     parser.set_defaults(func=_serve)
+
+
+def apply_profile(stack: LocalStack, profile: str, max_sessions: int) -> None:
+    from services.cli.profiles import resolve_profile
+
+    env, dropped = resolve_profile(profile, max_sessions, os.environ)
+    stack.extra_env.update(env)
+    stack.sequential = True
+    stack.start_timeout_s = PROFILE_START_TIMEOUT_S
+    for name, value in sorted(env.items()):
+        print(f"profile {profile}: {name}={value}", flush=True)
+    if dropped:
+        print(f"profile {profile}: not declared by this code, left out: {' '.join(dropped)}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         controller_port=args.port,
         redis_url=os.environ.get("CONTROLLER_REDIS__URL"),
     )
+    if args.profile:
+        apply_profile(stack, args.profile, args.max_sessions)
     print(f"starting the stack (logs in {stack.workdir}) ...", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

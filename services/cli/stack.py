@@ -20,6 +20,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from services.cli import CliError
 from services.models import layout
 
@@ -88,6 +91,26 @@ def wait_for_port(
     raise CliError(f"{name} did not open port {port} within {timeout_s:.0f} s (log: {log})")
 
 
+def wait_serving(
+    port: int, process: subprocess.Popen[bytes], name: str, timeout_s: float, log: Path
+) -> None:
+    """Poll a service's gRPC health until SERVING (its models loaded and warmed up)."""
+    deadline = time.monotonic() + timeout_s
+    request = health_pb2.HealthCheckRequest(service="")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise exited_error(name, process, log)
+            with contextlib.suppress(grpc.RpcError):
+                # types-grpcio-health-checking declares HealthStub without its methods
+                reply = stub.Check(request, timeout=2)  # type: ignore[attr-defined]
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.25)
+    raise CliError(f"{name} was not SERVING within {timeout_s:.0f} s (log: {log})")
+
+
 def wait_ready(
     url: str, processes: dict[str, subprocess.Popen[bytes]], timeout_s: float, logs: Path
 ) -> None:
@@ -119,6 +142,10 @@ class LocalStack:
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
     serve_metrics: bool = False  # each gRPC service serves /metrics on a free port
+    # one service at a time, each SERVING before the next starts: two vLLM engines must not
+    # measure GPU memory while another process is allocating it (one GPU host)
+    sequential: bool = False
+    start_timeout_s: float = START_TIMEOUT_S
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
@@ -194,7 +221,13 @@ class LocalStack:
                 env[f"{prefix}_MODEL_DIR"] = str(self.model_dir)
             if name == "tts":
                 env["TTS_VOICES_DIR"] = str(self.workdir / "voices")
-            self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
+            process = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
+            if self.sequential:
+                started = time.monotonic()
+                wait_serving(
+                    port, process, name, self.start_timeout_s, self.workdir / f"{name}.log"
+                )
+                print(f"{name} SERVING after {time.monotonic() - started:.1f} s", flush=True)
         if (self.model_dir / layout.AQAA_DIR).is_dir():
             port = free_port()
             self.ports["e2e_llm"] = port
@@ -207,7 +240,7 @@ class LocalStack:
             self._spawn("e2e_llm", [sys.executable, "-m", "services.llm"], env)
         for name, port in self.ports.items():
             log = self.workdir / f"{name}.log"
-            wait_for_port(port, self.processes[name], name, START_TIMEOUT_S, log)
+            wait_for_port(port, self.processes[name], name, self.start_timeout_s, log)
 
     def _start_controller(self) -> None:
         env = self._base_env() | {
@@ -221,7 +254,7 @@ class LocalStack:
         for name, port in self.ports.items():
             env[f"CONTROLLER_SERVICES__{name.upper()}"] = f"127.0.0.1:{port}"
         self._spawn("controller", [sys.executable, "-m", "services.controller"], env)
-        wait_ready(self.url, self.processes, START_TIMEOUT_S, self.workdir)
+        wait_ready(self.url, self.processes, self.start_timeout_s, self.workdir)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for process in reversed(list(self.processes.values())):

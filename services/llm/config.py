@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, MiB
@@ -47,6 +47,15 @@ class LlmSettings(BaseServiceSettings):
     max_tokens: int = Field(
         2048, ge=1, le=100_000, description="Default and largest completion length (tokens)."
     )
+
+    @field_validator("vllm", mode="before")
+    @classmethod
+    def _chat_has_no_ras(cls, value: Any) -> Any:
+        # LLM_VLLM__<FIELD> variables build the nested model from those fields alone, which
+        # would bring back VllmEngineSettings' own default (the RAS processor, a slower runner)
+        if isinstance(value, dict):
+            return {"repetition_aware": False} | value
+        return value
 
     @property
     def model_path(self) -> Path:

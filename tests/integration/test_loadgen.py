@@ -72,7 +72,7 @@ async def test_smoke_run_writes_a_complete_consistent_report(
     one, three = report["points"]
     assert (one["admitted"], one["refused"]) == (1, 0)
     assert (three["admitted"], three["refused"]) == (2, 1)  # max_sessions = 2
-    assert three["refusals"] == {"http_403": 1}
+    assert three["refusals"] == {"close_1013": 1}  # accepted, then closed: try again later
 
     turns = report["turns"]
     for point in report["points"]:
