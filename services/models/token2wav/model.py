@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from services.common.audio import AudioError, as_float_mono, check_sample_rate, resample
+from services.common.audio import AudioError, as_float_mono, check_sample_rate
+from services.common.resample import resample_sinc
 from services.models.audio_tokens import ids_to_codes
 from services.models.token2wav.accel import AccelOptions, FlowSolver, HiftGraphs, freeze_hift
 from services.models.token2wav.checkpoint import FLOW_FILE, HIFT_FILE, load_strict
@@ -37,7 +38,6 @@ from services.models.token2wav.hift import HiFTGenerator, SourceRandomness
 from services.models.token2wav.noise import Randomness
 from services.models.token2wav.speakers import SpeakerPrompt
 from services.models.token2wav.streaming import StreamOptions, Token2WavStream
-
 
 MIN_PROMPT_SECONDS = 1.0
 MAX_PROMPT_SECONDS = 30.0
@@ -130,8 +130,9 @@ class Token2Wav:
         if codes.size == 0:
             raise ValueError("prompt_ids is empty: the flow needs the prompt's audio codes")
         mel_config = self.config.feat_extractor
-        wav_mel = resample(wav, sample_rate_hz, mel_config.sampling_rate)
-        wav_16k = resample(wav, sample_rate_hz, CAMPPLUS_SAMPLE_RATE_HZ)
+        # upstream resamples the original wav to each rate (torchaudio Resample)
+        wav_mel = resample_sinc(wav, sample_rate_hz, mel_config.sampling_rate)
+        wav_16k = resample_sinc(wav, sample_rate_hz, CAMPPLUS_SAMPLE_RATE_HZ)
         return SpeakerPrompt(
             prompt_codes=codes,
             prompt_mel=log_mel_spectrogram(wav_mel, mel_config).astype(np.float32),
