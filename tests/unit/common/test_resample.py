@@ -32,7 +32,7 @@ def test_matches_torchaudio_resample(source: int, target: int) -> None:
 
 
 @pytest.mark.parametrize(("source", "target"), PAIRS)
-def test_stream_in_chunks_equals_one_call(source: int, target: int) -> None:
+def test_stream_in_chunks_matches_one_call(source: int, target: int) -> None:
     signal = fixture(source)["input"]
     resampler = SincStreamResampler(source, target)
     rng = np.random.default_rng(source + target)
@@ -42,7 +42,9 @@ def test_stream_in_chunks_equals_one_call(source: int, target: int) -> None:
         pieces.append(resampler.process(signal[start : start + size]))
         start += size
     pieces.append(resampler.process(np.zeros(0, dtype=np.float32), last=True))
-    np.testing.assert_array_equal(np.concatenate(pieces), resample_sinc(signal, source, target))
+    streamed, whole = np.concatenate(pieces), resample_sinc(signal, source, target)
+    assert len(streamed) == len(whole)
+    assert float(np.abs(streamed - whole).max()) <= 1e-6  # float32 summation order only
 
 
 def test_output_length_rounds_the_ratio_in_float32_as_torchaudio() -> None:
