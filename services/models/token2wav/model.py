@@ -39,7 +39,11 @@ from services.models.token2wav.noise import Randomness
 from services.models.token2wav.speakers import SpeakerPrompt
 from services.models.token2wav.streaming import StreamOptions, Token2WavStream
 
-MIN_PROMPT_SECONDS = 1.0
+# Upstream sets no limits (docs/models.md, "Speaker prompt length"). The minimum is what its
+# pipeline needs to run at all: one 25 ms Kaldi fbank window for CAM++ (the prompt mel's reflect
+# padding needs 17.4 ms). The maximum is the project's: streaming re-runs the flow over the
+# whole prompt mel for every chunk, so per-chunk cost grows with the prompt.
+MIN_PROMPT_SECONDS = 0.025
 MAX_PROMPT_SECONDS = 30.0
 SILENCE_PEAK = 1e-4  # a prompt whose peak stays below this is treated as silent
 
@@ -326,7 +330,7 @@ def _checked_prompt_audio(prompt_wav: np.ndarray, sample_rate_hz: int) -> np.nda
     if seconds < MIN_PROMPT_SECONDS:
         raise AudioError(
             "audio_too_short",
-            f"speaker prompt is {seconds:.2f} s; needs at least {MIN_PROMPT_SECONDS:.0f} s",
+            f"speaker prompt is {seconds:.3f} s; needs at least {MIN_PROMPT_SECONDS:g} s",
         )
     if seconds > MAX_PROMPT_SECONDS:
         raise AudioError(
