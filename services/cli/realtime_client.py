@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import websockets
 
-from services.common.audio import float_to_pcm16, pcm16_to_float, resample
+from services.common.audio import float_to_pcm16, pcm16_to_float
+from services.common.resample import resample_sinc
 
 CHUNK_MS = 20
 
@@ -149,4 +150,4 @@ def prepare_clip(samples: np.ndarray, rate_hz: int) -> tuple[np.ndarray, int]:
     """Clips outside 8–48 kHz are resampled to 16 kHz (the protocol's accepted input rates)."""
     if 8_000 <= rate_hz <= 48_000:
         return samples, rate_hz
-    return resample(samples, rate_hz, 16_000), 16_000
+    return resample_sinc(samples, rate_hz, 16_000), 16_000

@@ -1,7 +1,10 @@
 """PCM validation, conversion and resampling shared by every service.
 
 Everything here works on numpy arrays; float audio is float32 in [-1, 1], mono unless said.
-Resampling uses soxr (VHQ) rather than torchaudio, which is kept off the CPU path.
+Resampling here uses soxr, for conversions upstream Step-Audio has no counterpart for: output PCM
+to a client's rate (TTS, controller), VAD input, test and tool audio. Model inputs (tokenizer
+audio, speaker prompt features) go through services/common/resample.py instead, which has
+upstream's torchaudio ``Resample`` numerics.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def as_float_mono(samples: np.ndarray, *, allow_empty: bool = False) -> np.ndarr
 
 
 def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
-    """Resample float32 mono audio (whole clip) with soxr."""
+    """Resample float32 mono audio (whole clip) with soxr; not for model inputs (see above)."""
     if from_hz == to_hz:
         return samples.astype(np.float32, copy=False)
     if samples.size == 0:

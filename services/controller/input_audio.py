@@ -1,6 +1,7 @@
 """A session's incoming audio: 16 kHz conversion, pre-roll, the VAD stream, utterance capture.
 
-All audio is resampled once to 16 kHz (both the VAD and the tokenizer work at that rate) and
+All audio is resampled once to 16 kHz (both the VAD and the tokenizer work at that rate), with
+upstream's filter (torchaudio ``Resample`` numerics, services/common/resample.py), and
 counted in samples since the session started, so VAD timestamps map onto captured audio.
 While the user speaks, the utterance is streamed to the tokenizer as it arrives (overlap), so
 at end of speech only the tail remains to be tokenized.
@@ -18,7 +19,8 @@ from typing import Generic, TypeVar
 import numpy as np
 from stepaudio.serving.v1 import audio_pb2, tokenizer_pb2, vad_pb2
 
-from services.common.audio import StreamResampler, float_to_pcm16
+from services.common.audio import float_to_pcm16
+from services.common.resample import SincStreamResampler
 from services.controller.clients import ServiceClients
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ class InputAudio:
         self.clients = clients
         self.rpc_timeout_s = rpc_timeout_s
         self.total_samples = 0  # 16 kHz samples received this session
-        self._resampler: StreamResampler | None = None
+        self._resampler: SincStreamResampler | None = None
         self._preroll: deque[tuple[int, np.ndarray]] = deque()  # (start sample, chunk)
         self._vad_queue: asyncio.Queue[np.ndarray | None] | None = None
         self.vad_origin = 0  # session sample where the current VAD stream began
@@ -119,7 +121,7 @@ class InputAudio:
 
     def set_input_rate(self, rate_hz: int) -> None:
         if self._resampler is None or self._resampler.from_hz != rate_hz:
-            self._resampler = StreamResampler(rate_hz, RATE_HZ)
+            self._resampler = SincStreamResampler(rate_hz, RATE_HZ)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Client audio at the session's input rate → 16 kHz, to VAD, pre-roll and capture."""

@@ -234,7 +234,7 @@ async def test_voice_register_persist_delete(tiny_pack: Path, tmp_path: Path) ->
 
 
 BAD_PROMPTS = [  # (seconds, silent, name, prompt_text, part of the message)
-    (0.5, False, "bob", "text", "needs at least 1 s"),
+    (0.02, False, "bob", "text", "needs at least 0.025 s"),
     (2.0, True, "bob", "text", "silent"),
     (31.0, False, "bob", "text", "frame_too_large: chunk is longer than 30000 ms"),
     (2.0, False, "bad name", "text", "letters, digits"),

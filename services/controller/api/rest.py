@@ -14,12 +14,19 @@ import numpy as np
 import soundfile as sf
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from stepaudio.serving.v1 import llm_pb2, tts_pb2
+from stepaudio.serving.v1 import audio_pb2, llm_pb2, tts_pb2
 
-from services.common.audio import AudioError, decode_audio_file, float_to_pcm16, resample
+from services.common.audio import (
+    MAX_SAMPLE_RATE_HZ,
+    MIN_SAMPLE_RATE_HZ,
+    AudioError,
+    decode_audio_file,
+    float_to_pcm16,
+)
+from services.common.audio_proto import PCM_S16LE, encode_chunk
 from services.common.errors import ErrorCode, code_from_rpc_error, http_status_for
+from services.common.resample import resample_sinc
 from services.controller.admission import metered_speech
-from services.controller.input_audio import pcm16_chunk
 from services.controller.protocol import SpeechRequest
 from services.controller.speech_encoding import CODECS, encode_stream
 from services.controller.state import ControllerState
@@ -249,9 +256,8 @@ async def register_voice(
         samples, rate = decode_audio_file(data)
     except AudioError as exc:
         return error_response(exc.code, str(exc))
-    prompt = resample(samples, rate, 16_000)
     register = tts_pb2.RegisterVoiceRequest(
-        name=name, prompt_text=text, prompt_audio=pcm16_chunk(prompt), overwrite=overwrite
+        name=name, prompt_text=text, prompt_audio=_prompt_chunk(samples, rate), overwrite=overwrite
     )
     try:
         voice = await state.clients.tts.RegisterVoice(
@@ -260,6 +266,14 @@ async def register_voice(
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc, "tts")
     return JSONResponse(_voice(voice), status_code=201)
+
+
+def _prompt_chunk(samples: np.ndarray, rate: int) -> audio_pb2.AudioChunk:
+    """The prompt at its own rate: the TTS derives its 16 kHz and 22.05 kHz features from the
+    original, as upstream does. Rates the protocol does not take go to 16 kHz first."""
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        samples, rate = resample_sinc(samples, rate, 16_000), 16_000
+    return encode_chunk(samples, rate, PCM_S16LE)
 
 
 @router.delete("/voices/{name}", response_model=None)

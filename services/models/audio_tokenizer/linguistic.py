@@ -8,6 +8,7 @@ stream fed the same waveform produces the same codes bit for bit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from services.models.audio_tokenizer.batching import EncoderJob, drive
 from services.models.audio_tokenizer.config import ParaformerConfig, load_paraformer_config
 from services.models.audio_tokenizer.frontend import FrontendState, ParaformerFrontend
 from services.models.audio_tokens import LINGUISTIC_CODES
+
+log = logging.getLogger(__name__)
 
 SAMPLES_PER_LFR_FRAME = 960  # 60 ms at 16 kHz
 CHUNK_SAMPLES = sanm.CHUNK_SIZE[1] * SAMPLES_PER_LFR_FRAME  # 3 840 = 240 ms
@@ -53,6 +56,13 @@ class LinguisticTokenizer:
         cls, paraformer_dir: Path, codebook_file: Path, device: torch.device
     ) -> LinguisticTokenizer:
         config = load_paraformer_config(paraformer_dir)
+        if config.frontend.dither:
+            log.info(
+                "%s: frontend_conf.dither is %g (FunASR adds random noise); the tokenizer "
+                "extracts fbank with dither 0 so that codes are reproducible (docs/models.md)",
+                paraformer_dir,
+                config.frontend.dither,
+            )
         cmvn = checkpoint.load_cmvn(config.cmvn_file, config.frontend.feature_dim)
         tensors = checkpoint.load_encoder_state(config.model_file)
         checkpoint.check_tensors(config.model_file, sanm.expected_shapes(config.encoder), tensors)

@@ -1,9 +1,10 @@
 """Waveform preparation before tokenisation (upstream ``preprocess_wav``): 16 kHz, peak
 normalisation, optional silence trim.
 
-Deviations from upstream, on purpose: resampling uses soxr VHQ (upstream: torchaudio
-``Resample`` defaults), input rates 8..16 kHz are upsampled instead of rejected, and the trim is
-a numpy re-implementation of ``librosa.effects.trim`` (librosa is not a dependency).
+Resampling has upstream's numerics (torchaudio ``Resample`` defaults, rebuilt in
+services/common/resample.py). Deviations from upstream, on purpose: input rates 8..16 kHz are
+upsampled with the same filter instead of rejected, and the trim is a numpy re-implementation of
+``librosa.effects.trim`` (librosa is not a dependency).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 
 import numpy as np
 
-from services.common.audio import check_sample_rate, resample
+from services.common.audio import check_sample_rate
+from services.common.resample import resample_sinc
 
 SAMPLE_RATE_HZ = 16_000
 PEAK_TARGET = 0.999
@@ -28,7 +30,7 @@ TRIM_LENGTH_STEP = 240
 
 
 def to_16k(samples: np.ndarray, sample_rate_hz: int) -> np.ndarray:
-    return resample(samples, check_sample_rate(sample_rate_hz), SAMPLE_RATE_HZ)
+    return resample_sinc(samples, check_sample_rate(sample_rate_hz), SAMPLE_RATE_HZ)
 
 
 def peak_reference(peak: float) -> float:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import soxr
 import torch
 
 from services.common.audio import as_float_mono, check_sample_rate
+from services.common.resample import SincStreamResampler
 from services.models import layout
 from services.models.audio_tokenizer import preprocess
 from services.models.audio_tokenizer.batching import Steps, run_alone
@@ -188,12 +188,8 @@ class AudioTokenizerStream:
     def __init__(self, tokenizer: AudioTokenizer, sample_rate_hz: int, *, normalize: bool) -> None:
         self._tokenizer = tokenizer
         self._rate = check_sample_rate(sample_rate_hz)
-        self._resampler = (
-            None
-            if self._rate == preprocess.SAMPLE_RATE_HZ
-            # VHQ in chunks gives exactly the samples of the offline (one-shot VHQ) resampling
-            else soxr.ResampleStream(self._rate, preprocess.SAMPLE_RATE_HZ, 1, "float32", "VHQ")
-        )
+        # in chunks, the same samples as the offline path's one-shot resampling
+        self._resampler = SincStreamResampler(self._rate, preprocess.SAMPLE_RATE_HZ)
         self._normalize = normalize
         self._pending = np.zeros(0, dtype=np.float32)
         self._peak = 0.0
@@ -252,9 +248,7 @@ class AudioTokenizerStream:
             raise RuntimeError("the stream is finished; start a new one")
 
     def _resample(self, audio: np.ndarray, *, last: bool) -> np.ndarray:
-        if self._resampler is None:
-            return audio
-        return self._resampler.resample_chunk(audio, last=last).astype(np.float32, copy=False)
+        return self._resampler.process(audio, last=last)
 
     def _receive(self, audio: np.ndarray) -> None:
         if len(audio):

@@ -134,6 +134,8 @@ def _config_yaml(size: ParaformerSize) -> str:
             "frame_shift": 10,
             "lfr_m": LFR_M,
             "lfr_n": LFR_N,
+            # explicit, so FunASR (default 1.0: random dither) gives reproducible codes too
+            "dither": 0.0,
         },
         "tokenizer": "CharTokenizer",
         "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},

@@ -14,6 +14,7 @@ The network still computes everything it would with real weights.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,12 @@ class TinyLmSpec:
 
 
 def _tiny_config(max_seq_len: int) -> Step1Config:
+    # 6 heads (head_dim 8): not a power of two, so the second ALiBi slope series that the real
+    # models' 48 and 96 heads need is exercised too
     return Step1Config(
-        hidden_size=32,
+        hidden_size=48,
         intermediate_size=64,
-        num_attention_heads=4,
+        num_attention_heads=6,
         num_attention_groups=2,
         num_hidden_layers=2,
         vocab_size=VOCAB_SIZE,
@@ -76,6 +79,9 @@ def _favoured_ids(spec: TinyLmSpec) -> torch.Tensor:
 
 def tiny_state_dict(spec: TinyLmSpec, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
+    # random logit spread grows with sqrt(hidden): keep it at its hidden-32 value, so the EOT
+    # margin gives the same short replies
+    scale = math.sqrt(32 / spec.config.hidden_size)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in Step1ForCausalLM(spec.config).state_dict().items()}
     state: dict[str, torch.Tensor] = {}
@@ -83,9 +89,9 @@ def tiny_state_dict(spec: TinyLmSpec, seed: int) -> dict[str, torch.Tensor]:
         if name.endswith("layernorm.weight") or name == "model.norm.weight":
             state[name] = torch.ones(shape)
         elif name.endswith(("o_proj.weight", "down_proj.weight")):
-            state[name] = torch.randn(shape, generator=generator) * 0.02  # small residual branches
+            state[name] = torch.randn(shape, generator=generator) * 0.02 * scale  # small branches
         else:
-            state[name] = torch.randn(shape, generator=generator) * 0.1
+            state[name] = torch.randn(shape, generator=generator) * 0.1 * scale
     state["model.embed_tokens.weight"][:, 0] = 1.0
     favoured = _favoured_ids(spec)
     head = state["lm_head.weight"]

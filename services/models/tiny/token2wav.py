@@ -113,7 +113,8 @@ hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
         in_channels: 80
         cond_channels: 32
 
-feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+# upstream Step-Audio ships Matcha's mel under cosyvoice.matcha (no top-level matcha package)
+feat_extractor: !name:cosyvoice.matcha.audio.mel_spectrogram
     n_fft: 1024
     num_mels: 80
     sampling_rate: !ref <sample_rate>

@@ -1,16 +1,16 @@
 """Speaker-prompt features: Matcha-style log-mel (prompt mel) and the CAM++ x-vector.
 
 The mel filterbank is librosa's Slaney-scale, Slaney-normalised basis, computed here in numpy
-(librosa is not a dependency). The CAM++ front end is Kaldi fbank via kaldi-native-fbank in
-place of torchaudio's `kaldi.fbank` (same options: 80 bins, dither 0, Povey window, 25/10 ms).
+(librosa is not a dependency). The CAM++ front end is torchaudio's `kaldi.fbank` rebuilt in torch
+(torchaudio is not on the CPU image): 80 bins, dither 0, Povey window, 25/10 ms.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
-import kaldi_native_fbank as knf
 import numpy as np
 import onnxruntime
 import torch
@@ -92,17 +92,53 @@ def log_mel_spectrogram(wav: np.ndarray, config: MelConfig) -> np.ndarray:
     return torch.log(torch.clamp(mel, min=1e-5)).T.contiguous().numpy()
 
 
+FBANK_FRAME = 400  # 25 ms at 16 kHz
+FBANK_SHIFT = 160  # 10 ms
+FBANK_FFT = 512  # the frame rounded up to a power of two
+FBANK_LOW_HZ = 20.0
+PREEMPHASIS = 0.97
+
+
+def _kaldi_mel(hz: float) -> float:
+    return 1127.0 * math.log(1.0 + hz / 700.0)
+
+
+def _kaldi_mel_tensor(hz: torch.Tensor) -> torch.Tensor:
+    return 1127.0 * (1.0 + hz / 700.0).log()
+
+
+@lru_cache(maxsize=4)
+def _kaldi_mel_banks(num_bins: int) -> torch.Tensor:
+    """(num_bins, FBANK_FFT // 2 + 1) triangular Kaldi mel banks, float32 as torchaudio builds
+    them (the last FFT bin gets no weight)."""
+    low, high = _kaldi_mel(FBANK_LOW_HZ), _kaldi_mel(CAMPPLUS_SAMPLE_RATE_HZ / 2)
+    delta = (high - low) / (num_bins + 1)
+    index = torch.arange(num_bins).unsqueeze(1)
+    left, center, right = (low + (index + k) * delta for k in (0.0, 1.0, 2.0))
+    fft_mel = _kaldi_mel_tensor(CAMPPLUS_SAMPLE_RATE_HZ / FBANK_FFT * torch.arange(FBANK_FFT / 2))
+    up = (fft_mel.unsqueeze(0) - left) / (center - left)
+    down = (right - fft_mel.unsqueeze(0)) / (right - center)
+    banks = torch.max(torch.zeros(1), torch.min(up, down))
+    return torch.nn.functional.pad(banks, (0, 1))
+
+
 def kaldi_fbank(wav_16k: np.ndarray, num_bins: int = 80) -> np.ndarray:
-    """Kaldi fbank (T, num_bins) of float audio in [-1, 1] at 16 kHz, as CosyVoice's front end."""
-    options = knf.FbankOptions()
-    options.frame_opts.samp_freq = CAMPPLUS_SAMPLE_RATE_HZ
-    options.frame_opts.dither = 0.0
-    options.mel_opts.num_bins = num_bins
-    computer = knf.OnlineFbank(options)
-    computer.accept_waveform(CAMPPLUS_SAMPLE_RATE_HZ, wav_16k.astype(np.float32).tolist())
-    computer.input_finished()
-    frames = [computer.get_frame(i) for i in range(computer.num_frames_ready)]
-    return np.asarray(frames, dtype=np.float32).reshape(-1, num_bins)
+    """Kaldi fbank (T, num_bins) of float audio in [-1, 1] at 16 kHz, as CosyVoice's front end
+    calls torchaudio's ``compliance.kaldi.fbank`` (dither 0, Povey window, 25/10 ms, snip
+    edges, DC removal, pre-emphasis 0.97, power spectrum, 20 Hz..Nyquist, log floored at
+    float32 eps), with torchaudio's operations in its order, so the x-vector input is its."""
+    wav = torch.from_numpy(np.ascontiguousarray(wav_16k, dtype=np.float32))
+    if wav.numel() < FBANK_FRAME:
+        return np.zeros((0, num_bins), dtype=np.float32)
+    frames = wav.unfold(0, FBANK_FRAME, FBANK_SHIFT)
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    previous = torch.nn.functional.pad(frames.unsqueeze(0), (1, 0), mode="replicate").squeeze(0)
+    frames = frames - PREEMPHASIS * previous[:, :-1]
+    window = torch.hann_window(FBANK_FRAME, periodic=False).pow(0.85)
+    frames = torch.nn.functional.pad(frames * window, (0, FBANK_FFT - FBANK_FRAME))
+    power = torch.fft.rfft(frames).abs().pow(2.0)
+    energies = torch.mm(power, _kaldi_mel_banks(num_bins).T)
+    return energies.clamp_min(torch.finfo(torch.float32).eps).log().numpy()
 
 
 class SpeakerEncoder:
@@ -120,7 +156,7 @@ class SpeakerEncoder:
         self.input_name = self.session.get_inputs()[0].name
 
     def embed(self, wav_16k: np.ndarray) -> np.ndarray:
-        feats = kaldi_fbank(wav_16k)
-        feats = feats - feats.mean(axis=0, keepdims=True)
-        output = self.session.run(None, {self.input_name: feats[None].astype(np.float32)})[0]
+        feats = torch.from_numpy(kaldi_fbank(wav_16k))
+        centered = (feats - feats.mean(dim=0, keepdim=True)).numpy()  # torch's mean, as upstream
+        output = self.session.run(None, {self.input_name: centered[None]})[0]
         return np.asarray(output, dtype=np.float32).reshape(-1)

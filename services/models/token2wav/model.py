@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from services.common.audio import AudioError, as_float_mono, check_sample_rate, resample
+from services.common.audio import AudioError, as_float_mono, check_sample_rate
+from services.common.resample import resample_sinc
 from services.models.audio_tokens import ids_to_codes
 from services.models.token2wav.accel import AccelOptions, FlowSolver, HiftGraphs, freeze_hift
 from services.models.token2wav.checkpoint import FLOW_FILE, HIFT_FILE, load_strict
@@ -38,8 +39,11 @@ from services.models.token2wav.noise import Randomness
 from services.models.token2wav.speakers import SpeakerPrompt
 from services.models.token2wav.streaming import StreamOptions, Token2WavStream
 
-
-MIN_PROMPT_SECONDS = 1.0
+# Upstream sets no limits (docs/models.md, "Speaker prompt length"). The minimum is what its
+# pipeline needs to run at all: one 25 ms Kaldi fbank window for CAM++ (the prompt mel's reflect
+# padding needs 17.4 ms). The maximum is the project's: streaming re-runs the flow over the
+# whole prompt mel for every chunk, so per-chunk cost grows with the prompt.
+MIN_PROMPT_SECONDS = 0.025
 MAX_PROMPT_SECONDS = 30.0
 SILENCE_PEAK = 1e-4  # a prompt whose peak stays below this is treated as silent
 
@@ -143,8 +147,9 @@ class Token2Wav:
         if codes.size == 0:
             raise ValueError("prompt_ids is empty: the flow needs the prompt's audio codes")
         mel_config = self.config.feat_extractor
-        wav_mel = resample(wav, sample_rate_hz, mel_config.sampling_rate)
-        wav_16k = resample(wav, sample_rate_hz, CAMPPLUS_SAMPLE_RATE_HZ)
+        # upstream resamples the original wav to each rate (torchaudio Resample)
+        wav_mel = resample_sinc(wav, sample_rate_hz, mel_config.sampling_rate)
+        wav_16k = resample_sinc(wav, sample_rate_hz, CAMPPLUS_SAMPLE_RATE_HZ)
         return SpeakerPrompt(
             prompt_codes=codes,
             prompt_mel=log_mel_spectrogram(wav_mel, mel_config).astype(np.float32),
@@ -338,7 +343,7 @@ def _checked_prompt_audio(prompt_wav: np.ndarray, sample_rate_hz: int) -> np.nda
     if seconds < MIN_PROMPT_SECONDS:
         raise AudioError(
             "audio_too_short",
-            f"speaker prompt is {seconds:.2f} s; needs at least {MIN_PROMPT_SECONDS:.0f} s",
+            f"speaker prompt is {seconds:.3f} s; needs at least {MIN_PROMPT_SECONDS:g} s",
         )
     if seconds > MAX_PROMPT_SECONDS:
         raise AudioError(

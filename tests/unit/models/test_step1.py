@@ -222,10 +222,10 @@ def test_missing_shard_and_bad_config_fail_loudly(tiny_chat_lm: Path, tmp_path: 
     with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors, which is missing"):
         Step1ForCausalLM.from_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    config["num_attention_groups"] = 3  # 4 heads are not divisible into 3 groups
+    config["num_attention_groups"] = 4  # 6 heads are not divisible into 4 groups
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        CheckpointError, match="config.json: num_attention_heads 4 is not divisible"
+        CheckpointError, match="config.json: num_attention_heads 6 is not divisible"
     ):
         Step1ForCausalLM.from_pretrained(folder)
     config["model_type"], config["architectures"] = "llama", ["LlamaForCausalLM"]

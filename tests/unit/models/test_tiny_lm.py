@@ -29,7 +29,7 @@ def test_tiny_lm_is_byte_identical_across_runs(tmp_path: Path) -> None:
         "tokenizer_config.json",
     }
     size = sum(p.stat().st_size for p in (tmp_path / "a").iterdir())
-    assert size < 15e6
+    assert size < 20e6  # hidden 48 (6 heads × 8): embed_tokens + lm_head are 2 × 7.2 MB in bf16
 
 
 def test_tiny_tts_lm_emits_audio_ids_and_stops(tiny_tts_lm: Path) -> None:

@@ -148,3 +148,23 @@ def test_model_root_is_resolved_but_not_loaded_directly(tiny_model_root: Path) -
         AudioTokenizer.from_pretrained(tiny_model_root)
     with pytest.raises(CheckpointError, match="does not exist"):
         AudioTokenizer.from_pretrained(tiny_model_root / "nowhere")
+
+
+def test_configured_dither_is_read_logged_and_not_applied(
+    folder: Path, demo_audio: tuple[np.ndarray, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tiny config states dither 0 (so FunASR is deterministic on it too); a configured
+    non-zero dither is reported at load, and the codes stay those of dither 0."""
+    samples, rate = demo_audio
+    config_path = folder / PARAFORMER / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    assert config["frontend_conf"]["dither"] == 0.0
+    without = AudioTokenizer.from_pretrained(folder)
+    assert without.linguistic.config.frontend.dither == 0.0
+    config["frontend_conf"]["dither"] = 1.0
+    config_path.write_text(yaml.safe_dump(config))
+    with caplog.at_level("INFO", logger="services.models.audio_tokenizer.linguistic"):
+        dithered = AudioTokenizer.from_pretrained(folder)
+    assert dithered.linguistic.config.frontend.dither == 1.0
+    assert "dither is 1" in caplog.text
+    assert dithered.tokenize(samples, rate) == without.tokenize(samples, rate)

@@ -59,3 +59,20 @@ def test_unsupported_or_incomplete_yaml_is_refused(old: str, new: str, message: 
 def test_missing_yaml_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="cosyvoice.yaml"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "cosyvoice.matcha.audio.mel_spectrogram",  # upstream Step-Audio ships it (tiny pack)
+        "cosyvoice.utils.audio.mel_spectrogram",  # the same function, also in Step-Audio
+        "matcha.utils.audio.mel_spectrogram",  # CosyVoice-300M recipes (matcha-tts package)
+    ],
+)
+def test_feat_extractor_paths_of_released_folders_are_accepted(target: str) -> None:
+    text = TINY_YAML.format(folder="x")
+    written = "!name:cosyvoice.matcha.audio.mel_spectrogram"
+    assert written in text
+    config = _parse(text.replace(written, f"!name:{target}"))
+    assert config.feat_extractor == _parse(text).feat_extractor
+    assert config.feat_extractor.n_fft == 1024 and config.feat_extractor.hop_size == 256

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,8 @@ from services.models.token2wav.features import (
 MEL = MelConfig(
     n_fft=1024, num_mels=80, sampling_rate=22050, hop_size=256, win_size=1024, fmin=0, fmax=8000
 )
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
 
 
 def test_slaney_filterbank_shape_and_area() -> None:
@@ -58,6 +62,16 @@ def test_kaldi_fbank_frames() -> None:
     wav = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     feats = kaldi_fbank(wav)
     assert feats.shape == (1 + (16000 - 400) // 160, 80) and np.isfinite(feats).all()
+    assert kaldi_fbank(wav[:399]).shape == (0, 80)  # no whole 25 ms frame
+
+
+def test_kaldi_fbank_matches_torchaudio() -> None:
+    """Against torchaudio's kaldi.fbank as CosyVoice calls it (tests/fixtures/kaldi_fbank)."""
+    with np.load(FIXTURES / "kaldi_fbank" / "fbank.npz") as data:
+        signal, expected = data["input"], data["fbank"]
+    got = kaldi_fbank(signal)
+    assert got.shape == expected.shape
+    assert float(np.abs(got - expected).max()) <= 1e-5
 
 
 def test_speaker_embedding_is_mean_normalised(model: Token2Wav) -> None:

@@ -53,7 +53,7 @@ def test_prompt_depends_on_the_voice(model: Token2Wav, speaker: SpeakerPrompt) -
 @pytest.mark.parametrize(
     ("wav", "rate", "code"),
     [
-        (np.zeros(24000 // 2, np.float32) + 0.1, 24000, "audio_too_short"),
+        (np.zeros(24000 // 50, np.float32) + 0.1, 24000, "audio_too_short"),  # 20 ms
         (np.zeros(48000, np.float32), 24000, "silent_audio"),
         (np.full(48000, np.nan, np.float32), 24000, "invalid_audio"),
         (np.zeros((2, 2, 24000), np.float32), 24000, "invalid_audio"),
