@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     INVALID_ARGUMENT = "invalid_argument"
     NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"  # OpenAI's code for an unknown model id
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_TOO_LARGE = "request_too_large"
     REQUEST_TIMEOUT = "request_timeout"
@@ -71,6 +72,7 @@ ERROR_KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.UNKNOWN_EVENT: _BAD_REQUEST,
     ErrorCode.INVALID_ARGUMENT: _BAD_REQUEST,
     ErrorCode.NOT_FOUND: ErrorKind(_S.NOT_FOUND, 404),
+    ErrorCode.MODEL_NOT_FOUND: ErrorKind(_S.NOT_FOUND, 404),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(_S.UNIMPLEMENTED, 405),
     ErrorCode.REQUEST_TOO_LARGE: ErrorKind(_S.INVALID_ARGUMENT, 413),
     ErrorCode.REQUEST_TIMEOUT: ErrorKind(_S.DEADLINE_EXCEEDED, 408),

@@ -435,9 +435,10 @@ async def test_a_speculation_that_got_no_input_ids_does_not_block_the_turn(
 
     def no_ids(samples, rate, **kwargs):  # type: ignore[no-untyped-def]
         offline.append(samples.size)
+        yield from ()  # a step generator that asks the model for nothing
         return []  # only the offline path; the utterance's streamed ids are unaffected
 
-    tokenizer.tokenize = no_ids
+    tokenizer.tokenize_steps = no_ids
     gate = stack.app.state.controller.speculation
     async with RealtimeClient(stack.url) as client:
         await client.configure(speculative=True, transcribe=False, max_response_output_tokens=8)

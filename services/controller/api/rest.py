@@ -210,10 +210,7 @@ async def get_model(name: str, request: Request) -> Response:
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc, "llm")
     if name not in names:
-        return JSONResponse(
-            {"error": {"code": "model_not_found", "message": f"no model {name!r}"}},
-            status_code=404,
-        )
+        return error_response(ErrorCode.MODEL_NOT_FOUND, f"no model {name!r}")
     return JSONResponse(_model(name))
 
 
