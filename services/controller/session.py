@@ -298,7 +298,10 @@ class RealtimeSession:
         await self.send(error_event(code, message, event_type, client_event_id))
 
     async def _on_text(self, text: str) -> None:
-        raw = parse_event_json(text)
+        try:
+            raw = parse_event_json(text)
+        except ServiceError as exc:  # the client's fault: counts towards the 1008 close
+            raise ProtocolError(exc.code, str(exc)) from exc
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "an event is a JSON object with a type")
         event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
