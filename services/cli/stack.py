@@ -179,7 +179,7 @@ class LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_redis()
-            self._start_services()
+            self.start_services()
             self._start_controller()
         except BaseException:
             self.stop()
@@ -204,10 +204,9 @@ class LocalStack:
         wait_for_port(port, redis, "redis-server", 20, self.workdir / "redis.log")
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
-    def _start_services(self) -> None:
+    def start_services(self) -> None:
         for name in SERVICES:
-            port = free_port()
-            self.ports[name] = port
+            port = self.ports.setdefault(name, free_port())  # reserved: the controller came first
             prefix = name.upper()
             env = self._base_env() | {
                 f"{prefix}_PORT": str(port),
@@ -229,8 +228,7 @@ class LocalStack:
                 )
                 print(f"{name} SERVING after {time.monotonic() - started:.1f} s", flush=True)
         if (self.model_dir / layout.AQAA_DIR).is_dir():
-            port = free_port()
-            self.ports["e2e_llm"] = port
+            port = self.ports.setdefault("e2e_llm", free_port())
             env = self._base_env() | {
                 "LLM_PORT": str(port),
                 "LLM_MODEL_DIR": str(self.model_dir),
@@ -242,7 +240,7 @@ class LocalStack:
             log = self.workdir / f"{name}.log"
             wait_for_port(port, self.processes[name], name, self.start_timeout_s, log)
 
-    def _start_controller(self) -> None:
+    def _start_controller(self, *, wait: bool = True) -> None:
         env = self._base_env() | {
             "CONTROLLER_HOST": self.host,
             "CONTROLLER_PORT": str(self.controller_port),
@@ -254,7 +252,24 @@ class LocalStack:
         for name, port in self.ports.items():
             env[f"CONTROLLER_SERVICES__{name.upper()}"] = f"127.0.0.1:{port}"
         self._spawn("controller", [sys.executable, "-m", "services.controller"], env)
-        wait_ready(self.url, self.processes, self.start_timeout_s, self.workdir)
+        if wait:
+            wait_ready(self.url, self.processes, self.start_timeout_s, self.workdir)
+
+    def start_controller_first(self) -> list[str]:
+        """Redis and the controller only, pointed at ports reserved for the services, which
+        are not started (a start-order test; Kubernetes starts pods in any order); then
+        :meth:`start_services`. Returns the services the controller waits for."""
+        check_port_free(self.host, self.controller_port)
+        check_model_root(self.model_dir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        names = list(SERVICES)
+        if (self.model_dir / layout.AQAA_DIR).is_dir():
+            names.append("e2e_llm")
+        for name in names:
+            self.ports[name] = free_port()
+        self._start_redis()
+        self._start_controller(wait=False)
+        return names
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for process in reversed(list(self.processes.values())):

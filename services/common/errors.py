@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     INVALID_AUDIO_TOKENS = "invalid_audio_tokens"
     EMPTY_AUDIO = "empty_audio"
     FRAME_TOO_LARGE = "frame_too_large"
+    TURN_TOO_LONG = "turn_too_long"
     UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
     UNKNOWN_VOICE = "unknown_voice"
     EMPTY_TEXT = "empty_text"
@@ -80,6 +81,7 @@ ERROR_KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.INVALID_AUDIO_TOKENS: _BAD_REQUEST,
     ErrorCode.EMPTY_AUDIO: _BAD_REQUEST,
     ErrorCode.FRAME_TOO_LARGE: ErrorKind(_S.INVALID_ARGUMENT, 413),
+    ErrorCode.TURN_TOO_LONG: ErrorKind(_S.INVALID_ARGUMENT, 413),
     ErrorCode.UNSUPPORTED_SAMPLE_RATE: _BAD_REQUEST,
     ErrorCode.UNKNOWN_VOICE: _BAD_REQUEST,
     ErrorCode.EMPTY_TEXT: _BAD_REQUEST,

@@ -132,6 +132,7 @@ class RealtimeSession:
         self.turns = turns
         self.audio = InputAudio(state.clients, state.settings.rpc_timeout_s)
         self.audio.set_input_rate(settings.input_sample_rate_hz)
+        self._capping_turn = False  # a turn over max_turn_s is being committed
         self._outbound: asyncio.Queue[tuple[dict[str, Any] | bytes, str | None]] = asyncio.Queue(
             maxsize=state.settings.limits.outbound_queue_events
         )
@@ -297,7 +298,10 @@ class RealtimeSession:
         await self.send(error_event(code, message, event_type, client_event_id))
 
     async def _on_text(self, text: str) -> None:
-        raw = parse_event_json(text)
+        try:
+            raw = parse_event_json(text)
+        except ServiceError as exc:  # the client's fault: counts towards the 1008 close
+            raise ProtocolError(exc.code, str(exc)) from exc
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             raise ProtocolError(ErrorCode.INVALID_EVENT, "an event is a JSON object with a type")
         event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
@@ -368,8 +372,20 @@ class RealtimeSession:
         self.audio_seconds += samples.size / self.settings.input_sample_rate_hz
         self.audio.push(samples)
         too_long = self.audio.utterance_samples > self.state.settings.limits.max_turn_s * 16_000
-        if self.audio.capturing and too_long:  # a turn that never ends is committed as is
-            self._spawn(self._commit_audio())
+        if self.audio.capturing and too_long and not self._capping_turn:
+            self._capping_turn = True  # once: frames keep coming while the commit runs
+            self._spawn(self._cap_turn())
+
+    async def _cap_turn(self) -> None:
+        """A user turn that never ends: said so (``turn_too_long``), then committed as is,
+        stored and (server VAD) answered like any other."""
+        try:
+            limit = self.state.settings.limits.max_turn_s
+            message = f"the user turn reached the {limit:g} s cap and was committed as is"
+            await self.send(error_event(ErrorCode.TURN_TOO_LONG, message))
+            await self._commit_audio()
+        finally:
+            self._capping_turn = False
 
     # -- session settings --------------------------------------------------------------------
 

@@ -26,7 +26,13 @@ from services.lm_engine.engine import (
     LlmEngine,
     TorchLlmEngine,
 )
-from services.models.audio_tokens import AUDIO_CODES, GROUP_SIZE, in_audio_block, is_audio_id
+from services.models.audio_tokens import (
+    AUDIO_CODES,
+    AUDIO_ID_OFFSET,
+    GROUP_SIZE,
+    in_audio_block,
+    is_audio_id,
+)
 from services.models.prompts import AudioContent, ChatMessage, build_chat_prompt
 from services.models.step1 import SamplingParams
 from services.models.text_tokenizer import IncrementalDecoder, TextTokenizer
@@ -58,13 +64,26 @@ def build_engine(settings: LlmSettings) -> LlmEngine:
     return AsyncLlmEngine(torch_engine, name="llm-engine")
 
 
+def audio_ids(token_ids: Iterable[int]) -> list[int]:
+    """An audio part's ids, each one of the 5120 audio codes: any other id would be rendered
+    as an ``<audio_N>`` string the model never saw (API10: validate before use)."""
+    ids = list(token_ids)
+    outside = [i for i in ids if not is_audio_id(i)]
+    if outside:
+        raise ValueError(
+            f"{len(outside)} audio ids outside {AUDIO_ID_OFFSET}.."
+            f"{AUDIO_ID_OFFSET + AUDIO_CODES - 1}, e.g. {outside[0]}"
+        )
+    return ids
+
+
 def chat_messages(prompt: llm_pb2.ChatPrompt) -> list[ChatMessage]:
     messages = []
     for message in prompt.messages:
         parts: list[str | AudioContent] = []
         for part in message.content:
             if part.HasField("audio"):
-                parts.append(AudioContent(list(part.audio.token_ids)))
+                parts.append(AudioContent(audio_ids(part.audio.token_ids)))
             else:
                 parts.append(part.text)
         messages.append(ChatMessage(message.role, parts))

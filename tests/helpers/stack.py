@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +66,14 @@ async def running_stack(
     tts: dict[str, Any] | None = None,
     e2e: bool = False,
     span_exporter: SpanExporter | None = None,
+    route: Callable[[str, str], Awaitable[str]] | None = None,
 ) -> AsyncIterator[Stack]:
     """Start VAD, tokenizer, LLM (+ an end-to-end LLM), TTS and the controller.
 
     ``span_exporter``: every component's spans also go there (each component has its own
-    tracer provider, named ``stepaudio-<component>``, as separate processes would)."""
+    tracer provider, named ``stepaudio-<component>``, as separate processes would).
+    ``route(name, address)``: the address the controller dials for that service instead (a
+    fault proxy in front of it)."""
     exporters = [span_exporter] if span_exporter is not None else []
     common = dict(TEST_SERVER_SETTINGS)
     services: dict[str, Any] = {
@@ -97,7 +100,7 @@ async def running_stack(
             provider = tracer_provider(name, settings.tracing, exporters)
             handle = await stack.enter_async_context(serve(service, settings, provider))
             started[name] = service
-            targets[name] = handle.address
+            targets[name] = await route(name, handle.address) if route else handle.address
         # the suite's stack runs with auth off unless a test configures it (tests/reliability)
         overrides = {"auth": {"enabled": False}, **(controller or {})}
         settings = ControllerSettings(

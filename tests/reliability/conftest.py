@@ -58,11 +58,7 @@ class Live:
                 await asyncio.sleep(0.25)
 
     async def stored_turns(self, session_id: str) -> list[Turn]:
-        client = create_redis(str(self.stack.redis_url))
-        try:
-            return (await SessionStore(client, ttl_s=60, max_turns=64).load(session_id)).turns
-        finally:
-            await client.aclose()
+        return await stored_turns(str(self.stack.redis_url), session_id)
 
     async def metric(self, name: str) -> float:
         async with httpx.AsyncClient(base_url=self.url) as http:
@@ -71,6 +67,14 @@ class Live:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+
+async def stored_turns(redis_url: str, session_id: str) -> list[Turn]:
+    client = create_redis(redis_url)
+    try:
+        return (await SessionStore(client, ttl_s=60, max_turns=64).load(session_id)).turns
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(scope="package")
