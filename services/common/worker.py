@@ -49,6 +49,17 @@ ResultT = TypeVar("ResultT")
 T = TypeVar("T")
 
 
+def observe_step(observer: StepObserver | None, size: int, seconds: float, what: str) -> None:
+    """Report one step (batch size, seconds) to a metrics observer; metrics must never break
+    the engine loop that calls this, so a failing observer is logged and ignored."""
+    if observer is None:
+        return
+    try:
+        observer(size, seconds)
+    except Exception:
+        log.exception("%s observer failed", what)
+
+
 class Overloaded(RuntimeError):
     """The engine queue is full; the caller should shed the request (RESOURCE_EXHAUSTED)."""
 
@@ -201,12 +212,7 @@ class BatchStepLoop(Generic[ItemT, ResultT]):
             _post(job, result, None)
 
     def _observe(self, size: int, seconds: float) -> None:
-        if self._on_step is None:
-            return
-        try:
-            self._on_step(size, seconds)
-        except Exception:  # metrics must never break the engine
-            log.exception("on_step observer failed")
+        observe_step(self._on_step, size, seconds, "on_step")
 
 
 class EngineWorker:
@@ -371,11 +377,7 @@ class RoundLoop:
                     self._resolve(task, None, exc)
             self._active = []
             return
-        if self._on_round is not None:
-            try:
-                self._on_round(len(tasks), time.perf_counter() - started)
-            except Exception:  # metrics must never break the engine
-                log.exception("on_round observer failed")
+        observe_step(self._on_round, len(tasks), time.perf_counter() - started, "on_round")
         for task, result in zip(tasks, results, strict=True):
             self._advance(task, result)
         self._active = [t for t in self._active if self._keep(t)]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.audio import StreamResampler
-from services.common.worker import Overloaded, WorkerClosed
+from services.common.worker import Overloaded, WorkerClosed, observe_step
 from services.models.token2wav import Token2Wav, Token2WavStream
 from services.models.token2wav.batching import StreamStep, step_streams
 from services.models.token2wav.streaming import ChunkJob
@@ -300,9 +300,4 @@ class VocoderLoop:
         self._remove(stream)
 
     def _observe(self, size: int, seconds: float) -> None:
-        if self._on_step is None:
-            return
-        try:
-            self._on_step(size, seconds)
-        except Exception:  # metrics must never break the loop
-            log.exception("vocoder on_step observer failed")
+        observe_step(self._on_step, size, seconds, "vocoder on_step")
