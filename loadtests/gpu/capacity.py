@@ -44,6 +44,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from loadtests.gpu.proc_profile import ProcessProfile
 from loadtests.load_report import TABLE_HEADER, table_row
 from loadtests.load_report import checks as checks_of
 from loadtests.realtime_load import LoadOptions, build_report, sweep, write_report
@@ -303,11 +304,17 @@ def point_worst_s(options: LoadOptions) -> float:
     return options.ramp_s + (options.duration_s or 0) + options.turn_timeout_s + POINT_SLACK_S
 
 
-def run_point(url: str, sessions: int, options: LoadOptions, workers: int, work: Path) -> tuple:
+def run_point(
+    url: str, sessions: int, options: LoadOptions, workers: int, work: Path,
+    stack_pid: int | None = None,
+) -> tuple:  # fmt: skip
     sampler = GpuSampler(work / f"gpu-{sessions}.csv")
-    with sampler:
+    # the stacks are dumped once the ramp is over and turns are in flight
+    profile = ProcessProfile(stack_pid, work, str(sessions), options.ramp_s + 8.0)
+    with sampler, profile:
         summaries, turns = asyncio.run(sweep(url, [sessions], options, workers))
     summaries[0]["gpu"] = sampler.summary()
+    summaries[0]["cpu_cores"] = profile.cores
     return summaries[0], turns
 
 
@@ -335,14 +342,29 @@ def write_outputs(out: Path, work: Path, report: dict[str, Any]) -> None:
     if gpu:
         rows += ["", "| sessions | GPU util mean % | max % | memory max MiB |", "|---|---|---|---|"]
         rows += gpu
+    rows += cpu_rows(report["points"])
     rows += ["", f"largest sessions within target: {report['largest_sessions_within_target']}"]
     rows += [f"not run: {report['not_run']}", f"commit: {report['commit']}"]
     (out / TABLE).write_text("\n".join(rows) + "\n")
     with tarfile.open(out / LOGS, "w:gz") as tar:
         logs = [work / "serve.log", *sorted((work / "stack").glob("*.log"))]
-        for path in [*logs, *sorted(work.glob("gpu-*.csv"))]:
+        for path in [*logs, *sorted(work.glob("gpu-*.csv")), *sorted(work.glob("pyspy-*.txt"))]:
             if path.is_file():
                 add_tail(tar, path, LOG_TAIL_BYTES)
+
+
+def cpu_rows(points: list[dict[str, Any]]) -> list[str]:
+    """Cores used per service and point (ProcessProfile), a table for capacity.md."""
+    measured = [p for p in points if p.get("cpu_cores")]
+    if not measured:
+        return []
+    names = sorted({name for p in measured for name in p["cpu_cores"]} - {"host_cpus"})
+    rows = ["", "| sessions | " + " | ".join(f"{n} cores" for n in names) + " |"]
+    rows.append("|---" * (len(names) + 1) + "|")
+    for p in measured:
+        cells = [str(p["cpu_cores"].get(n, "–")) for n in names]
+        rows.append(f"| {p['sessions']} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def add_tail(tar: tarfile.TarFile, path: Path, limit: int) -> None:
@@ -434,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no time left in this call for {pending[0]} sessions", flush=True)
             break
         sessions = pending.pop(0)
-        summary, records = run_point(state["url"], sessions, options, args.workers, args.work)
+        summary, records = run_point(
+            state["url"], sessions, options, args.workers, args.work, int(state["pid"])
+        )
         summaries.append(summary)
         turns.extend(records)
         ran += 1  # sweep() printed its table row

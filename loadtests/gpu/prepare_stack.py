@@ -59,6 +59,8 @@ opentelemetry-semantic-conventions importlib-metadata partial-json-parser blake3
 dill setproctitle pydantic pydantic-core annotated-types typing-inspection jiter distro lark
 outlines-core compressed-tensors lm-format-enforcer interegular gguf python-json-logger ijson
 watchfiles prometheus-fastapi-instrumentator""".split()
+# the capacity run's own tools: py-spy dumps every service's stacks mid-point (proc_profile.py)
+PROFILING = ("py-spy==0.4.3",)
 EXTRA_MAX_MIB = 60.0  # .gpustack-extra travels alone, beside the ~2 MiB tree
 # carried even though the image has them: the stubs' minimum versions
 ALWAYS = ("grpcio", "protobuf")
@@ -102,7 +104,7 @@ def provided() -> set[str]:
 
 def runtime_requirements(repo: Path) -> list[Requirement]:
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    return [Requirement(spec) for spec in project["dependencies"]]
+    return [Requirement(spec) for spec in [*project["dependencies"], *PROFILING]]
 
 
 def pin(name: str) -> str:

@@ -71,6 +71,10 @@ def test_dry_run_starts_once_resumes_and_stops(tiny_pack: Path, tmp_path: Path) 
     for point in report["points"]:
         assert point["admitted"] == point["sessions"] and point["refused"] == 0
         assert point["turns"]["failed"] == 0 and not point["errors"]
+        # the host's CPU per service over the point: every service's process tree was found
+        cores = point["cpu_cores"]
+        assert {"controller", "vad", "tokenizer", "llm", "tts", "loadgen"} <= set(cores)
+        assert cores["controller"] > 0 and cores["loadgen"] > 0 and cores["host"] > 0
     assert len(report["turns"]) == 3  # one per session and point
     # one stack for both calls: started once, with every service started in turn
     serve_log = (work / "serve.log").read_text()
