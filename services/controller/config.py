@@ -94,7 +94,13 @@ class LimitSettings(BaseModel):
         512, ge=4, le=100_000, description="Events queued for a client (audio: 100 ms each)."
     )
     slow_consumer_timeout_s: float = Field(
-        5.0, gt=0, le=600, description="A full queue this long closes the socket 1008."
+        5.0,
+        gt=0,
+        le=600,
+        description=(
+            "A full queue this long closes the socket 1008 slow_consumer; a socket the server "
+            "closes is aborted if its client has not taken the close frame within this (s)."
+        ),
     )
     drain_timeout_s: float = Field(
         20, ge=0, le=3600, description="Drain: how long replies in progress may finish (s)."
@@ -154,6 +160,16 @@ class HttpSettings(BaseModel):
     )
     max_header_bytes: int = Field(
         16 * 1024, ge=1024, le=1024 * 1024, description="Largest request head (bytes)."
+    )
+    send_buffer_bytes: int = Field(
+        0,
+        ge=0,
+        le=64 * 1024 * 1024,
+        description=(
+            "SO_SNDBUF of each connection (0: the kernel's autotuning, up to 4 MiB). Bounds "
+            "kernel memory per socket at thousands of sessions, and lets a client that stops "
+            "reading be found (slow_consumer) within seconds instead of after megabytes."
+        ),
     )
 
 
