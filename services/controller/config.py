@@ -105,6 +105,15 @@ class LimitSettings(BaseModel):
     drain_timeout_s: float = Field(
         20, ge=0, le=3600, description="Drain: how long replies in progress may finish (s)."
     )
+    max_session_s: float = Field(
+        3600,
+        ge=1,
+        le=7 * 86_400,
+        description=(
+            "Longest WebSocket session (s): then a reply in progress may finish (within "
+            "drain_timeout_s), session_too_long, close 1008; the client resumes by session_id."
+        ),
+    )
     max_speculations: int = Field(
         16, ge=0, le=10_000, description="Speculative replies running at once (all sessions)."
     )

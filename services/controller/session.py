@@ -10,14 +10,14 @@ on the utterance so far; end of turn commits it (its held audio goes out at once
 speech discards it (cancelled, nothing sent, nothing stored).
 
 Tasks: a socket reader (this coroutine), one writer draining a bounded outbound queue, the VAD
-event loop, at most one reply and one speculation, and transcription tasks; all are
-cancelled when the socket closes. Context lives in Redis.
+event loop, at most one reply and one speculation, transcription tasks and the session-length
+timer; all are cancelled when the socket closes. Context lives in Redis.
 
 The server ends a session itself (``_end``) when it is idle, after too many protocol errors,
-when its client stops reading (``slow_consumer``) and on drain: the close frame is queued at
-once, the reader gets the disconnect and the session shuts down like any other (its reply
-cancelled downstream, what was sent stored). A client that does not read the close frame is
-cut off.
+when its client stops reading (``slow_consumer``), past ``max_session_s``
+(``session_too_long``) and on drain: the close frame is queued at once, the reader gets the
+disconnect and the session shuts down like any other (its reply cancelled downstream, what
+was sent stored). A client that does not read the close frame is cut off.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ class RealtimeSession:
         self.closed = False
         self._ended = False  # the server closed the socket (_end)
         self._writer_task: asyncio.Task[None] | None = None
+        self._winding_down = False  # past max_session_s: no new replies
         self._trace = TurnTrace(state.tracer, session_id)  # one trace per turn
         self.audio_seconds = 0.0  # audio in and out, metered against the key's daily quota
 
@@ -196,6 +197,7 @@ class RealtimeSession:
             self._restart_vad()
             if self.settings.turn_detection == "none":
                 self.audio.start_utterance(None, stream_tokens=False)
+            self._spawn(self._cap_session())
             await self._read_loop(writer)
         finally:
             self.closed = True
@@ -240,6 +242,34 @@ class RealtimeSession:
             self._writer_task.cancel()
         grace_s = self.state.settings.limits.slow_consumer_timeout_s
         await close_socket(self.ws, code, reason, grace_s)
+
+    async def _cap_session(self) -> None:
+        """Past ``max_session_s`` the session ends cleanly: the reply in progress may finish
+        (within ``drain_timeout_s``, as on drain; then it is cancelled, reason
+        ``session_too_long``), no new one starts, the client is told
+        ``session_too_long`` and the socket is closed 1008. The context is in Redis: the
+        client resumes with its session_id."""
+        limits = self.state.settings.limits
+        await asyncio.sleep(limits.max_session_s)
+        self._winding_down = True
+        deadline = time.monotonic() + limits.drain_timeout_s
+        if self.reply is not None:
+            log.info("session=%s reached max_session_s: waiting for the reply in progress",
+                     self.session_id)  # fmt: skip
+        while (reply := self.reply) is not None and reply.task is not None:
+            left = deadline - time.monotonic()
+            if reply.task.done() or left <= 0:
+                break
+            await asyncio.wait([reply.task], timeout=left)
+        if self.reply is not None:  # still running: cut off, what was sent stored
+            self.reply.cancel_reason = ErrorCode.SESSION_TOO_LONG
+            await self._interrupt_reply("session_too_long")
+        log.info("session=%s reached max_session_s: closing", self.session_id)
+        self.state.metrics.record_error(ErrorCode.SESSION_TOO_LONG)
+        message = f"the session reached the {limits.max_session_s:g} s cap; resume it by its id"
+        await self.send(error_event(ErrorCode.SESSION_TOO_LONG, message))
+        await self._flush()  # the client reads all it was sent, then the close
+        await self._end(1008, ErrorCode.SESSION_TOO_LONG)
 
     def _describe(self) -> dict[str, Any]:
         if self.events.dialect == "native":
@@ -554,6 +584,8 @@ class RealtimeSession:
     def _on_pause(self) -> None:
         if not self.settings.speculative or self.speculation is not None or self.reply is not None:
             return
+        if self._winding_down:
+            return
         if not self.settings.create_response:  # no automatic reply, so nothing to speculate
             return
         if not self.state.speculation.has_room():
@@ -754,6 +786,8 @@ class RealtimeSession:
         return reply
 
     async def _start_reply(self, end_of_speech: float, options: ResponseOptions) -> None:
+        if self._winding_down:  # the session is closing (session_too_long): no new reply
+            return
         if self.reply is not None:
             await self.send(
                 error_event(ErrorCode.INVALID_EVENT, "a response is already in progress")
