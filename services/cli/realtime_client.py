@@ -41,19 +41,26 @@ class TurnResult:
 
 class RealtimeClient:
     def __init__(
-        self, url: str, *, session_id: str | None = None, api_key: str | None = None
+        self,
+        url: str,
+        *,
+        session_id: str | None = None,
+        api_key: str | None = None,
+        connect_options: dict[str, Any] | None = None,
     ) -> None:
+        """``connect_options``: more keyword arguments of ``websockets.connect`` (a
+        pre-connected ``sock``, ``max_queue``, ``ping_interval``, ...)."""
         base = url.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
         self.url = f"{base}/v1/realtime" + (f"?session_id={session_id}" if session_id else "")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.connect_options = connect_options or {}
         self.ws: Any = None
         self.session: dict[str, Any] = {}
         self.result = TurnResult()
 
     async def __aenter__(self) -> RealtimeClient:
-        self.ws = await websockets.connect(
-            self.url, max_size=16 * 1024 * 1024, additional_headers=self.headers
-        )
+        options = {"max_size": 16 * 1024 * 1024, **self.connect_options}
+        self.ws = await websockets.connect(self.url, additional_headers=self.headers, **options)
         created = await self.next_event()
         if created.get("type") == "error":
             created = await self.next_event()

@@ -37,6 +37,8 @@ class ErrorCode(StrEnum):
     EMPTY_AUDIO = "empty_audio"
     FRAME_TOO_LARGE = "frame_too_large"
     TURN_TOO_LONG = "turn_too_long"
+    SESSION_TOO_LONG = "session_too_long"
+    SLOW_CONSUMER = "slow_consumer"
     UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
     UNKNOWN_VOICE = "unknown_voice"
     EMPTY_TEXT = "empty_text"
@@ -82,6 +84,9 @@ ERROR_KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.EMPTY_AUDIO: _BAD_REQUEST,
     ErrorCode.FRAME_TOO_LARGE: ErrorKind(_S.INVALID_ARGUMENT, 413),
     ErrorCode.TURN_TOO_LONG: ErrorKind(_S.INVALID_ARGUMENT, 413),
+    ErrorCode.SESSION_TOO_LONG: ErrorKind(_S.INVALID_ARGUMENT, 413),  # as turn_too_long
+    # the client did not take its events in time (WebSocket only: closed 1008)
+    ErrorCode.SLOW_CONSUMER: ErrorKind(_S.DEADLINE_EXCEEDED, 408),
     ErrorCode.UNSUPPORTED_SAMPLE_RATE: _BAD_REQUEST,
     ErrorCode.UNKNOWN_VOICE: _BAD_REQUEST,
     ErrorCode.EMPTY_TEXT: _BAD_REQUEST,

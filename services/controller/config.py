@@ -94,10 +94,25 @@ class LimitSettings(BaseModel):
         512, ge=4, le=100_000, description="Events queued for a client (audio: 100 ms each)."
     )
     slow_consumer_timeout_s: float = Field(
-        5.0, gt=0, le=600, description="A full queue this long closes the socket 1008."
+        5.0,
+        gt=0,
+        le=600,
+        description=(
+            "A full queue this long closes the socket 1008 slow_consumer; a socket the server "
+            "closes is aborted if its client has not taken the close frame within this (s)."
+        ),
     )
     drain_timeout_s: float = Field(
         20, ge=0, le=3600, description="Drain: how long replies in progress may finish (s)."
+    )
+    max_session_s: float = Field(
+        3600,
+        ge=1,
+        le=7 * 86_400,
+        description=(
+            "Longest WebSocket session (s): then a reply in progress may finish (within "
+            "drain_timeout_s), session_too_long, close 1008; the client resumes by session_id."
+        ),
     )
     max_speculations: int = Field(
         16, ge=0, le=10_000, description="Speculative replies running at once (all sessions)."
@@ -154,6 +169,16 @@ class HttpSettings(BaseModel):
     )
     max_header_bytes: int = Field(
         16 * 1024, ge=1024, le=1024 * 1024, description="Largest request head (bytes)."
+    )
+    send_buffer_bytes: int = Field(
+        0,
+        ge=0,
+        le=64 * 1024 * 1024,
+        description=(
+            "SO_SNDBUF of each connection (0: the kernel's autotuning, up to 4 MiB). Bounds "
+            "kernel memory per socket at thousands of sessions, and lets a client that stops "
+            "reading be found (slow_consumer) within seconds instead of after megabytes."
+        ),
     )
 
 

@@ -6,15 +6,26 @@ holds a connection for ever. ``guarded_protocol`` adds both: a request head must
 within ``header_timeout_s`` and within ``max_header_bytes``, else the connection is closed
 (431 for an oversize head). Bodies are bounded by BodyLimitMiddleware; the connection count
 by uvicorn's ``limit_concurrency`` (503 beyond it).
+
+Against clients that stop reading: ``send_buffer_bytes`` sets each connection's SO_SNDBUF
+(the kernel otherwise autotunes it up to 4 MiB on loopback and fast links, which hides a
+stalled client behind megabytes), and ``GuardedWebSocketProtocol`` lets the app close a
+socket whose write buffer the client never drains (``close_socket``): uvicorn's own close
+waits until the transport is writable again, for ever with a stalled client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any
 
 import uvicorn
+from fastapi import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from services.controller.config import ControllerSettings
 
@@ -25,7 +36,14 @@ TOO_LARGE = (
 )
 
 
-def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+# the scope extension (ASGI "extensions") that holds GuardedWebSocketProtocol.close_now
+CLOSE_NOW = "stepaudio.close_now"
+
+
+def guarded_protocol(
+    header_timeout_s: float, max_header_bytes: int, send_buffer_bytes: int = 0
+) -> type[HttpToolsProtocol]:
     class GuardedHttpProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0  # of the parsed head (one read may hold all of it)
@@ -33,6 +51,11 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[Htt
         _in_head = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if send_buffer_bytes:  # a WebSocket upgrade keeps this socket, and the setting
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
             super().connection_made(transport)
             self._start_head()
 
@@ -88,13 +111,79 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[Htt
     return GuardedHttpProtocol
 
 
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol plus ``close_now`` in the scope's extensions."""
+
+    _abort_timer: asyncio.TimerHandle | None = None
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # set only when the handshake is accepted
+        if scope is not None:
+            scope.setdefault("extensions", {})[CLOSE_NOW] = {"close": self.close_now}
+
+    def close_now(self, code: int, reason: str, grace_s: float) -> None:
+        """Queue the close frame behind the data already buffered without waiting for the
+        peer to drain it; abort the connection if the peer has not taken it all and answered
+        within ``grace_s``. The app's next receive() is the disconnect."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:  # the peer's answer to the close must be read
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._abort_timer = self.loop.call_later(grace_s, self._abort)
+
+    def _abort(self) -> None:
+        """Reset the connection: a close would wait for the peer to drain the buffers (the
+        transport's, then the kernel's), for ever if it never reads."""
+        self._abort_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # linger 0: close() sends RST and drops the unsent data
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        self.transport.abort()
+
+    def handle_close(self, event: Any) -> None:
+        if self.close_sent and self._abort_timer is not None:  # the peer answered close_now
+            self._abort_timer.cancel()
+            self._abort_timer = None
+            self.transport.close()
+            return
+        super().handle_close(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        super().connection_lost(exc)
+
+
+async def close_socket(ws: WebSocket, code: int, reason: str, grace_s: float) -> None:
+    """Close from the server's side, bounded: a client that does not read gets ``grace_s``
+    to take the close frame, then its connection is aborted."""
+    close_now = ws.scope.get("extensions", {}).get(CLOSE_NOW, {}).get("close")
+    if close_now is not None:
+        close_now(code, reason, grace_s)
+        return
+    with contextlib.suppress(Exception):  # another ASGI server (tests): its own close, bounded
+        async with asyncio.timeout(grace_s):
+            await ws.close(code=code, reason=reason)
+
+
 def uvicorn_config(app: Any, settings: ControllerSettings, **overrides: Any) -> uvicorn.Config:
     http = settings.http
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "http": guarded_protocol(http.header_timeout_s, http.max_header_bytes),
+        "http": guarded_protocol(
+            http.header_timeout_s, http.max_header_bytes, http.send_buffer_bytes
+        ),
+        "ws": GuardedWebSocketProtocol,
         "ws_max_size": settings.limits.ws_max_message_bytes,
         "ws_per_message_deflate": False,  # PCM does not compress; deflate only costs CPU
         "timeout_keep_alive": http.keepalive_timeout_s,

@@ -10,8 +10,14 @@ on the utterance so far; end of turn commits it (its held audio goes out at once
 speech discards it (cancelled, nothing sent, nothing stored).
 
 Tasks: a socket reader (this coroutine), one writer draining a bounded outbound queue, the VAD
-event loop, at most one reply and one speculation, and transcription tasks; all are
-cancelled when the socket closes. Context lives in Redis.
+event loop, at most one reply and one speculation, transcription tasks and the session-length
+timer; all are cancelled when the socket closes. Context lives in Redis.
+
+The server ends a session itself (``_end``) when it is idle, after too many protocol errors,
+when its client stops reading (``slow_consumer``), past ``max_session_s``
+(``session_too_long``) and on drain: the close frame is queued at once, the reader gets the
+disconnect and the session shuts down like any other (its reply cancelled downstream, what
+was sent stored). A client that does not read the close frame is cut off.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from services.controller.context import (
     build_messages,
     transcription_messages,
 )
+from services.controller.http_server import close_socket
 from services.controller.input_audio import InputAudio
 from services.controller.limits import check_voice, parse_event_json
 from services.controller.openai_events import Dialect, EdgeError, EventRenderer
@@ -144,6 +151,9 @@ class RealtimeSession:
         self._protocol_errors = 0
         self._user_speaking = False
         self.closed = False
+        self._ended = False  # the server closed the socket (_end)
+        self._writer_task: asyncio.Task[None] | None = None
+        self._winding_down = False  # past max_session_s: no new replies
         self._trace = TurnTrace(state.tracer, session_id)  # one trace per turn
         self.audio_seconds = 0.0  # audio in and out, metered against the key's daily quota
 
@@ -175,6 +185,7 @@ class RealtimeSession:
 
     async def run(self, *, resumed: bool, expired: bool) -> None:
         writer = asyncio.create_task(self._writer(), name=f"ws-writer-{self.session_id}")
+        self._writer_task = writer
         try:
             if expired:
                 await self.send(
@@ -186,6 +197,7 @@ class RealtimeSession:
             self._restart_vad()
             if self.settings.turn_detection == "none":
                 self.audio.start_utterance(None, stream_tokens=False)
+            self._spawn(self._cap_session())
             await self._read_loop(writer)
         finally:
             self.closed = True
@@ -206,9 +218,58 @@ class RealtimeSession:
 
     async def close_for_restart(self) -> None:
         """Drain: close with 1012 (service restart); the client resumes elsewhere from Redis."""
-        self.closed = True
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=1012, reason="draining")
+        await self._flush()  # a reply that just finished: its response.done goes out first
+        await self._end(1012, "draining")
+
+    async def _flush(self) -> None:
+        """Wait until the writer has written all that is queued (bounded: a client that does
+        not read gets no longer than ``slow_consumer_timeout_s``)."""
+        if self.closed:  # nothing more is written
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.state.settings.limits.slow_consumer_timeout_s):
+                await self._outbound.join()
+
+    async def _end(self, code: int, reason: str) -> None:
+        """Close the socket from the server's side, once, from any task: nothing more is
+        sent, the reader gets the disconnect and the session shuts down. The close frame
+        goes behind what was already written; a client that has not taken it within
+        ``slow_consumer_timeout_s`` is cut off (see http_server.close_socket)."""
+        if self._ended:
+            return
+        self._ended = self.closed = True
+        if self._writer_task is not None:  # what it has not written stays unsent
+            self._writer_task.cancel()
+        grace_s = self.state.settings.limits.slow_consumer_timeout_s
+        await close_socket(self.ws, code, reason, grace_s)
+
+    async def _cap_session(self) -> None:
+        """Past ``max_session_s`` the session ends cleanly: the reply in progress may finish
+        (within ``drain_timeout_s``, as on drain; then it is cancelled, reason
+        ``session_too_long``), no new one starts, the client is told
+        ``session_too_long`` and the socket is closed 1008. The context is in Redis: the
+        client resumes with its session_id."""
+        limits = self.state.settings.limits
+        await asyncio.sleep(limits.max_session_s)
+        self._winding_down = True
+        deadline = time.monotonic() + limits.drain_timeout_s
+        if self.reply is not None:
+            log.info("session=%s reached max_session_s: waiting for the reply in progress",
+                     self.session_id)  # fmt: skip
+        while (reply := self.reply) is not None and reply.task is not None:
+            left = deadline - time.monotonic()
+            if reply.task.done() or left <= 0:
+                break
+            await asyncio.wait([reply.task], timeout=left)
+        if self.reply is not None:  # still running: cut off, what was sent stored
+            self.reply.cancel_reason = ErrorCode.SESSION_TOO_LONG
+            await self._interrupt_reply("session_too_long")
+        log.info("session=%s reached max_session_s: closing", self.session_id)
+        self.state.metrics.record_error(ErrorCode.SESSION_TOO_LONG)
+        message = f"the session reached the {limits.max_session_s:g} s cap; resume it by its id"
+        await self.send(error_event(ErrorCode.SESSION_TOO_LONG, message))
+        await self._flush()  # the client reads all it was sent, then the close
+        await self._end(1008, ErrorCode.SESSION_TOO_LONG)
 
     def _describe(self) -> dict[str, Any]:
         if self.events.dialect == "native":
@@ -241,20 +302,25 @@ class RealtimeSession:
             async with asyncio.timeout(self.state.settings.limits.slow_consumer_timeout_s):
                 await self._outbound.put(item)
         except TimeoutError:
+            if self.closed:  # another task found it first, or the client left meanwhile
+                return
             log.warning("slow consumer session=%s: closing", self.session_id)
-            self.closed = True
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=1008, reason="slow_consumer")
+            self.state.metrics.record_error(ErrorCode.SLOW_CONSUMER)
+            # not ws.close(): that waits until the socket is writable, i.e. for this client
+            await self._end(1008, ErrorCode.SLOW_CONSUMER)
 
     async def _writer(self) -> None:
         while True:
             event, response_id = await self._outbound.get()
-            if response_id is not None and response_id in self._dropped_responses:
-                continue  # audio of an interrupted reply: never reaches the client
-            if isinstance(event, bytes):
-                await self.ws.send_bytes(event)
-            else:
-                await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+            try:
+                if response_id is not None and response_id in self._dropped_responses:
+                    continue  # audio of an interrupted reply: never reaches the client
+                if isinstance(event, bytes):
+                    await self.ws.send_bytes(event)
+                else:
+                    await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+            finally:
+                self._outbound.task_done()  # join(): everything queued was written
 
     def _drop(self, response_id: str) -> None:
         self._dropped_responses[response_id] = None
@@ -269,7 +335,7 @@ class RealtimeSession:
             try:
                 message = await asyncio.wait_for(self.ws.receive(), idle_timeout)
             except TimeoutError:
-                await self.ws.close(code=1000, reason="idle")
+                await self._end(1000, "idle")
                 return
             if message["type"] == "websocket.disconnect":
                 return
@@ -284,9 +350,9 @@ class RealtimeSession:
             except ProtocolError as exc:
                 await self._protocol_error(exc.code, str(exc), client_event_id=exc.event_id)
                 if self._protocol_errors > self.state.settings.limits.max_protocol_errors:
-                    await self.ws.close(code=1008, reason="too many protocol errors")
+                    await self._end(1008, "too many protocol errors")
                     return
-        if writer.done() and writer.exception() is not None:
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
             log.info("writer ended session=%s: %s", self.session_id, writer.exception())
 
     async def _protocol_error(
@@ -518,6 +584,8 @@ class RealtimeSession:
     def _on_pause(self) -> None:
         if not self.settings.speculative or self.speculation is not None or self.reply is not None:
             return
+        if self._winding_down:
+            return
         if not self.settings.create_response:  # no automatic reply, so nothing to speculate
             return
         if not self.state.speculation.has_room():
@@ -718,6 +786,8 @@ class RealtimeSession:
         return reply
 
     async def _start_reply(self, end_of_speech: float, options: ResponseOptions) -> None:
+        if self._winding_down:  # the session is closing (session_too_long): no new reply
+            return
         if self.reply is not None:
             await self.send(
                 error_event(ErrorCode.INVALID_EVENT, "a response is already in progress")
