@@ -186,6 +186,22 @@ class Page:
                 {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
             )
 
+    async def fill(self, selector: str, text: str) -> None:
+        """Replace an input's text (non-empty) as a user would: focus, select all, type it
+        (``Input.insertText`` fires the input events a keyboard would)."""
+        found = await self.evaluate(
+            f"""(() => {{
+                const el = document.querySelector({json.dumps(selector)});
+                if (!el) return false;
+                el.focus();
+                el.select();
+                return true;
+            }})()"""
+        )
+        if not found:
+            raise CdpError(f"cannot fill {selector}: it is missing")
+        await self.send("Input.insertText", {"text": text})
+
     def console(self) -> list[str]:
         """Console messages, uncaught exceptions and browser log entries of this page."""
         lines: list[str] = []

@@ -1,6 +1,8 @@
 // Step-Audio realtime browser client: microphone → 16 kHz PCM16 frames → /v1/realtime,
 // reply audio scheduled gaplessly with Web Audio, barge-in flushes playback at once.
 // Plain JS, no build step, no external resources. Protocol: docs/protocol.md.
+// With auth on (docs/security.md) the socket carries a short-lived client secret in the
+// openai-insecure-api-key.<secret> subprotocol, as OpenAI's SDKs do from browsers.
 'use strict';
 
 const INPUT_RATE = 16000; // what we send (declared in session.update)
@@ -8,10 +10,18 @@ const OUTPUT_RATE = 24000; // what we ask for
 const FRAME_SAMPLES = INPUT_RATE / 50; // 20 ms frames
 const params = new URLSearchParams(location.search);
 const TRANSPORT = params.get('transport') === 'binary' ? 'binary' : 'json';
+const SUBPROTOCOL_KEY_PREFIX = 'openai-insecure-api-key.';
+const MINTED_SECRET_S = 60; // a secret the page mints only has to open the socket at once
+const SECRET_FORMAT = /^ek_[A-Za-z0-9_-]+$/;
 
 // State the E2E test (and curious humans) can read: window.__stats in the console.
 const stats = (window.__stats = {
   connected: false,
+  authRequired: null, // learnt from the first GET /v1/voices: 401 → true, 200 → false
+  secretsMinted: 0, // client secrets minted from a typed API key
+  socketAttempts: 0,
+  socketAuth: null, // how the last socket authenticated: "none" | "client_secret"
+  voicesListed: false,
   sessionId: null,
   contextState: null,
   micRunning: false,
@@ -42,9 +52,13 @@ const ui = {
   timings: $('timings'), log: $('log'), errors: $('errors'), voice: $('voice'),
   instructions: $('instructions'), speculative: $('speculative'), ptt: $('ptt'),
   apply: $('apply'), textForm: $('text-form'), text: $('text'),
+  auth: $('auth'), secret: $('secret'), apiKey: $('api-key'), authStatus: $('auth-status'),
+  voiceNote: $('voice-note'),
 };
 
 let ws = null;
+let connecting = false; // a client secret is being minted
+let authProbe = null; // the first GET /v1/voices (tells whether the server needs a key)
 let ctx = null; // one AudioContext for capture and playback
 let player = null;
 let mic = null; // {stream, source, node, sink}
@@ -289,16 +303,138 @@ function ensureAudio() {
 
 // -- the socket -----------------------------------------------------------------------
 
-function connect() {
-  if (ws) return;
-  ensureAudio();
+// An error the page shows (in the Errors list, and beside the key fields when about a key).
+class PageError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+function requireAuth() {
+  stats.authRequired = true;
+  ui.auth.hidden = false;
+  if (!stats.voicesListed) {
+    ui.voiceNote.hidden = false;
+    ui.voiceNote.textContent = 'The voice list needs an API key (a client secret opens only ' +
+      'the realtime socket): the server default voice is used.';
+  }
+}
+
+function authStatus(text, isError) {
+  ui.authStatus.textContent = text;
+  ui.authStatus.classList.toggle('error', !!isError);
+}
+
+function authFailed(error) {
+  showError({ code: error.code, message: error.message });
+  authStatus(`${error.code}: ${error.message}`, true);
+}
+
+// A pasted client secret: its value (ek_…), or the whole JSON reply of the minting call,
+// whose expires_at lets the page say "expired" before trying.
+function pastedSecret(text) {
+  let value = text;
+  let expiresAt = null;
+  if (text.startsWith('{')) {
+    try {
+      const reply = JSON.parse(text);
+      value = String(reply.value || '');
+      expiresAt = typeof reply.expires_at === 'number' ? reply.expires_at : null;
+    } catch (_) {
+      throw new PageError('invalid_client_secret', 'the pasted JSON does not parse: paste the ' +
+        'value (ek_…) or the whole reply of POST /v1/realtime/client_secrets');
+    }
+  }
+  if (!SECRET_FORMAT.test(value)) {
+    throw new PageError('invalid_client_secret',
+      'a client secret looks like ek_…; an API key goes in the API key field');
+  }
+  if (expiresAt !== null && expiresAt * 1000 <= Date.now()) {
+    const when = new Date(expiresAt * 1000).toLocaleTimeString();
+    throw new PageError('client_secret_expired', `this client secret expired at ${when}: get a new one`);
+  }
+  return { value, expiresAt, minted: false };
+}
+
+// The operator's API key → a short-lived client secret. The key goes in this one request
+// (and the voice list's); it is read from its field each time and kept nowhere else.
+async function mintSecret(apiKey) {
+  let reply;
+  try {
+    reply = await fetch('/v1/realtime/client_secrets', {
+      method: 'POST',
+      cache: 'no-store',
+      headers: { Authorization: `Bearer ${apiKey}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ expires_after: { anchor: 'created_at', seconds: MINTED_SECRET_S } }),
+    });
+  } catch (err) {
+    throw new PageError('unreachable', `could not reach the controller: ${err.message}`);
+  }
+  const body = await reply.json().catch(() => ({}));
+  if (!reply.ok) {
+    const error = body.error || {};
+    const what = reply.status === 401 ? 'the API key was refused'
+      : `minting a client secret failed (HTTP ${reply.status})`;
+    throw new PageError(error.code || `http_${reply.status}`, `${what}: ${error.message || reply.statusText}`);
+  }
+  stats.secretsMinted += 1;
+  if (!stats.voicesListed) loadVoices(apiKey);
+  return { value: body.value, expiresAt: body.expires_at, minted: true };
+}
+
+// null when the server needs no key; else {value, expiresAt, minted}.
+async function socketCredential() {
+  const pasted = ui.secret.value.trim();
+  const apiKey = ui.apiKey.value.trim();
+  if (pasted) return pastedSecret(pasted);
+  if (apiKey) {
+    authStatus('minting a client secret…');
+    return mintSecret(apiKey);
+  }
+  if (stats.authRequired) {
+    throw new PageError('unauthenticated',
+      'this server needs a key: paste a client secret, or type an API key');
+  }
+  return null;
+}
+
+async function connect() {
+  if (ws || connecting) return;
+  ensureAudio(); // inside the click: the AudioContext may start
+  connecting = true;
+  ui.connect.disabled = true;
+  setStatus('connecting', 'connecting…');
+  try {
+    await authProbe;
+    openSocket(await socketCredential());
+  } catch (err) {
+    authFailed(err instanceof PageError ? err : new PageError('client', String(err.message || err)));
+    ui.connect.disabled = false;
+    setStatus('idle', 'not connected');
+  } finally {
+    connecting = false;
+  }
+}
+
+function openSocket(credential) {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const query = lastSessionId ? `?session_id=${encodeURIComponent(lastSessionId)}` : '';
-  ws = new WebSocket(`${scheme}://${location.host}/v1/realtime${query}`);
+  // "realtime" is the one the server answers with; the secret's protocol is never echoed
+  const protocols = credential ? ['realtime', SUBPROTOCOL_KEY_PREFIX + credential.value] : [];
+  stats.socketAttempts += 1;
+  stats.socketAuth = credential ? 'client_secret' : 'none';
+  ws = new WebSocket(`${scheme}://${location.host}/v1/realtime${query}`, protocols);
   ws.binaryType = 'arraybuffer';
-  setStatus('connecting', 'connecting…');
-  ui.connect.disabled = true;
   ui.disconnect.disabled = false;
+  let opened = false;
+  ws.onopen = () => {
+    opened = true;
+    if (credential) {
+      const how = credential.minted ? 'minted from the API key' : 'pasted';
+      authStatus(`connected with a client secret (${how})`);
+    }
+  };
   ws.onmessage = (message) => {
     if (typeof message.data === 'string') onEvent(JSON.parse(message.data));
     else onReplyAudio(message.data, serverSession ? serverSession.output_sample_rate_hz : OUTPUT_RATE);
@@ -311,10 +447,41 @@ function connect() {
     ui.disconnect.disabled = true;
     ui.apply.disabled = true;
     ui.talk.disabled = true;
+    if (!opened) {
+      setStatus('idle', 'not connected: refused');
+      explainRefusal(credential);
+      return;
+    }
     const why = event.code === 1013 ? ' (server busy, try again later)' : event.reason ? ` (${event.reason})` : '';
     setStatus('idle', `disconnected ${event.code}${why}`);
   };
-  ws.onerror = () => showError({ code: 'socket', message: 'WebSocket error' });
+  ws.onerror = () => {
+    if (opened) showError({ code: 'socket', message: 'WebSocket error' });
+  };
+}
+
+// A socket refused at the handshake closes 1006 and the browser hides the HTTP answer
+// (401 for a bad or expired secret, 403 for a foreign Origin, 429 after repeated failures):
+// say what it most likely was, after checking that the controller answers at all.
+async function explainRefusal(credential) {
+  let reachable = false;
+  try {
+    reachable = (await fetch('/healthz', { cache: 'no-store' })).ok;
+  } catch (_) { /* not reachable */ }
+  if (!reachable) {
+    showError({ code: 'unreachable', message: 'the controller does not answer' });
+  } else if (credential && !credential.minted) {
+    authFailed(new PageError('unauthenticated', 'the server refused the client secret: it is ' +
+      'invalid or expired (secrets open a socket only within their lifetime): get a new one'));
+  } else if (credential) {
+    authFailed(new PageError('refused', 'the server refused the socket although the API key ' +
+      'minted a client secret: this origin may not be allowed, or the key is rate limited'));
+  } else if (stats.authRequired === false) {
+    showError({ code: 'refused', message: 'the server refused the socket at the handshake' });
+  } else {
+    requireAuth();
+    authFailed(new PageError('unauthenticated', 'the server refused the socket: it needs a key'));
+  }
 }
 
 function disconnect() {
@@ -525,19 +692,34 @@ function showSession(session) {
   ui.talk.disabled = !ui.ptt.checked;
 }
 
-async function loadVoices() {
+// Lists the voices; without a key this is also how the page learns whether the server needs
+// one (401). A client secret cannot list them (it opens realtime sockets only).
+async function loadVoices(apiKey) {
+  let reply;
   try {
-    const reply = await fetch('/v1/voices');
-    if (!reply.ok) return;
-    const { voices } = await reply.json();
-    for (const voice of voices) {
-      if (![...ui.voice.options].some((o) => o.value === voice.name)) {
-        ui.voice.append(new Option(voice.name, voice.name));
-      }
-    }
+    const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+    reply = await fetch('/v1/voices', { headers, cache: 'no-store' });
   } catch (err) {
     console.warn('could not list voices', err);
+    return;
   }
+  if (!reply.ok) {
+    const body = await reply.json().catch(() => ({}));
+    // only the key check answers 401, or 429 after failed attempts from this address
+    if (!apiKey && (reply.status === 401 || reply.status === 429)) requireAuth();
+    if (reply.status === 429) showError(body.error || { code: 'rate_limited', message: 'HTTP 429' });
+    else if (reply.status !== 401) console.warn('could not list voices: HTTP', reply.status);
+    return;
+  }
+  if (!apiKey && stats.authRequired === null) stats.authRequired = false;
+  const { voices } = await reply.json();
+  for (const voice of voices) {
+    if (![...ui.voice.options].some((o) => o.value === voice.name)) {
+      ui.voice.append(new Option(voice.name, voice.name));
+    }
+  }
+  stats.voicesListed = true;
+  ui.voiceNote.hidden = true;
 }
 
 function micError(err) {
@@ -568,7 +750,7 @@ document.addEventListener('keyup', (event) => {
 document.addEventListener('click', () => ctx && ctx.state === 'suspended' && ctx.resume());
 
 if (params.get('ptt') === '1') ui.ptt.checked = true;
-loadVoices();
+authProbe = loadVoices();
 if (params.get('autostart') === '1') {
   connect();
   startMic().catch(micError);
