@@ -21,6 +21,7 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 
 from services.controller.auth import ANONYMOUS, SESSION_LEASE_MS, SUBPROTOCOL_KEY_PREFIX, Principal
+from services.controller.http_server import close_socket
 from services.controller.state import ControllerState
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,11 @@ def choose_subprotocol(ws: WebSocket) -> str | None:
 
 async def refuse(ws: WebSocket, state: ControllerState, code: int, reason: str) -> None:
     state.metrics.sessions_rejected.labels(reason=reason.split(":")[0]).inc()
-    with contextlib.suppress(Exception):
-        await ws.close(code=code, reason=reason[:120])  # a close reason is at most 123 bytes
+    # bounded like every server-side close: a client that stopped reading (a used-up quota
+    # mid-call) must not hold this task until uvicorn's ping gives up
+    grace_s = state.settings.limits.slow_consumer_timeout_s
+    with contextlib.suppress(Exception):  # a close reason is at most 123 bytes
+        await close_socket(ws, code, reason[:120], grace_s)
 
 
 @contextlib.asynccontextmanager
