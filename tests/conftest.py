@@ -55,3 +55,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone: counters kept per key and per address (failed
+    authentications, quotas) never reach another test."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -191,14 +191,6 @@ async def test_push_to_talk(stack: Stack, chromium_binary: str, tmp_path: Path) 
 # -- auth on -------------------------------------------------------------------------------
 
 USER_KEY = new_api_key()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """Failed authentications are counted per address and minute: never shared with others."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
