@@ -85,6 +85,11 @@ def p(q: float, metric: str, by: str = "") -> str:
     return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket[5m])))"
 
 
+def quantiles(metric: str, levels: tuple[float, ...] = (0.5, 0.95)) -> list[Query]:
+    """One query per quantile of a histogram, labelled p50, p95, ..."""
+    return [Query(p(q, metric), f"p{int(q * 100)}") for q in levels]
+
+
 def mean(metric: str, selector: str = "") -> str:
     return f"sum(rate({metric}_sum{selector}[5m])) / sum(rate({metric}_count{selector}[5m]))"
 
@@ -305,7 +310,7 @@ def engine_panels(service: str) -> list[Panel]:
             ),
             Panel(
                 "Model step latency",
-                [Query(p(q, f"{m}_decision_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.95)],
+                quantiles(f"{m}_decision_seconds"),
                 unit="s",
             ),
         ]
@@ -313,7 +318,7 @@ def engine_panels(service: str) -> list[Panel]:
         return [
             Panel(
                 "Tail after end of speech",
-                [Query(p(q, f"{m}_tail_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.95)],
+                quantiles(f"{m}_tail_seconds"),
                 unit="s",
             ),
             Panel(
@@ -332,10 +337,7 @@ def engine_panels(service: str) -> list[Panel]:
         return [
             Panel(
                 "Time to first token",
-                [
-                    Query(p(q, f"{m}_time_to_first_token_seconds"), f"p{int(q * 100)}")
-                    for q in (0.5, 0.95)
-                ],
+                quantiles(f"{m}_time_to_first_token_seconds"),
                 unit="s",
             ),
             Panel(
@@ -347,14 +349,14 @@ def engine_panels(service: str) -> list[Panel]:
             ),
             Panel(
                 "Request duration",
-                [Query(p(q, f"{m}_request_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.95)],
+                quantiles(f"{m}_request_seconds"),
                 unit="s",
             ),
         ]
     return [
         Panel(
             "First chunk",
-            [Query(p(q, f"{m}_first_chunk_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.95)],
+            quantiles(f"{m}_first_chunk_seconds"),
             unit="s",
         ),
         Panel(
