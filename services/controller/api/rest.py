@@ -172,9 +172,13 @@ async def _mp3_stream(chunks: AsyncIterator[np.ndarray], rate: int) -> AsyncIter
     encoder.set_in_sample_rate(rate)
     encoder.set_channels(1)
     encoder.set_quality(5)
+    encoded = False
     async for pcm in chunks:
-        yield bytes(encoder.encode(float_to_pcm16(pcm)))
-    yield bytes(encoder.flush())
+        if pcm.size:
+            encoded = True
+            yield bytes(encoder.encode(float_to_pcm16(pcm)))
+    if encoded:  # lameenc refuses to flush an encoder that never encoded ("Not currently
+        yield bytes(encoder.flush())  # encoding"): a reply without audio is an empty body
 
 
 # -- models --------------------------------------------------------------------------------
