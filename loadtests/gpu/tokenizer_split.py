@@ -30,17 +30,21 @@ class SemanticTimer:
 
     def __init__(self, semantic: SemanticTokenizer) -> None:
         self.seconds = 0.0
+        self._depth = 0  # codes_for_mels calls codes_for_mel: count the outer call only
         for name in ("codes_for_mel", "codes_for_mels"):
             original = getattr(semantic, name)
             setattr(semantic, name, self._timed(original))
 
     def _timed(self, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self._depth += 1
             started = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - started
 
         return wrapper
 
