@@ -167,11 +167,22 @@ def code_from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> Error
     for key, value in error.trailing_metadata() or ():
         if key == ERROR_CODE_METADATA_KEY and isinstance(value, str):
             code = as_error_code(value)
+    if code is None and _broken_stream(error):
+        code = ErrorCode.UNAVAILABLE
     if code is None:
         code = _CODE_FOR_STATUS.get(error.code(), ErrorCode.INTERNAL_ERROR)
     if code is ErrorCode.UNAVAILABLE and service:
         code = unavailable_code(service)
     return code
+
+
+def _broken_stream(error: grpc.aio.AioRpcError) -> bool:
+    """INTERNAL with none of our metadata: the HTTP/2 stream broke under the call (the peer
+    died mid-stream — seen as "Received RST_STREAM" when a killed service's connection is reset
+    while the client still writes), not a status our service chose; every status our services
+    return carries the error-code metadata. (De)serialization failures stay internal errors."""
+    details = error.details() or ""
+    return error.code() == grpc.StatusCode.INTERNAL and "serializ" not in details
 
 
 def status_details(code: ErrorCode | str, message: str) -> str:

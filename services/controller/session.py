@@ -518,6 +518,8 @@ class RealtimeSession:
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 code = code_from_rpc_error(exc, "vad")
+                log.warning("vad stream failed session=%s: %s %s (%s)", self.session_id,
+                            exc.code().name, exc.details(), code)  # fmt: skip
                 self.state.metrics.record_error(code)
                 if not reported:  # once per outage; audio during it gets no turn detection
                     reported = True

@@ -57,11 +57,13 @@ def test_engine_exceptions_carry_their_codes() -> None:
     assert error_code_of(ValueError("plain")) is ErrorCode.INTERNAL_ERROR
 
 
-def _rpc_error(status: grpc.StatusCode, code: str | None) -> grpc.aio.AioRpcError:
+def _rpc_error(
+    status: grpc.StatusCode, code: str | None, details: str = "x"
+) -> grpc.aio.AioRpcError:
     trailing = grpc.aio.Metadata()
     if code is not None:
         trailing.add(ERROR_CODE_METADATA_KEY, code)
-    return grpc.aio.AioRpcError(status, grpc.aio.Metadata(), trailing, details="x")
+    return grpc.aio.AioRpcError(status, grpc.aio.Metadata(), trailing, details=details)
 
 
 def test_client_reads_code_from_metadata_then_status() -> None:
@@ -81,3 +83,15 @@ def test_unavailable_is_named_after_the_downstream_service() -> None:
     assert code_from_rpc_error(transport) is ErrorCode.UNAVAILABLE
     overloaded = _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
     assert code_from_rpc_error(overloaded, service="llm") is ErrorCode.OVERLOADED
+
+
+def test_a_broken_stream_is_the_service_unavailable_not_an_internal_error() -> None:
+    """A service killed mid-stream can reach the client as INTERNAL (an HTTP/2 reset) with no
+    metadata of ours; seen in a loaded run of the fault matrix (scenario 5) as internal_error."""
+    reset = _rpc_error(grpc.StatusCode.INTERNAL, None, "Received RST_STREAM with error code 2")
+    assert code_from_rpc_error(reset, service="vad") is ErrorCode.VAD_UNAVAILABLE
+    # a status our service chose keeps its code; a message that cannot be parsed is a bug
+    chosen = _rpc_error(grpc.StatusCode.INTERNAL, "internal_error")
+    assert code_from_rpc_error(chosen, service="vad") is ErrorCode.INTERNAL_ERROR
+    garbled = _rpc_error(grpc.StatusCode.INTERNAL, None, "Exception deserializing response!")
+    assert code_from_rpc_error(garbled, service="vad") is ErrorCode.INTERNAL_ERROR
