@@ -51,10 +51,17 @@ def chromium_binary() -> str:
     return binary
 
 
+# the tiny random TTS LM may sample EOS first and answer a clause with no audio (a loaded run
+# saw a completed reply with none); ignoring EOS up to a short cap makes every clause speak
+ALWAYS_AUDIO = {"ignore_eos": True, "max_audio_tokens": 40}
+
+
 @pytest.fixture
 async def stack(tiny_pack: Path, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(tiny_pack, redis_server.url, tmp_path / "stack") as running:
-        yield running
+    async with running_stack(
+        tiny_pack, redis_server.url, tmp_path / "stack", tts=ALWAYS_AUDIO
+    ) as s:
+        yield s
 
 
 async def stats(page: Page) -> dict[str, Any]:
@@ -202,7 +209,7 @@ async def secure_stack(
     keys = json.dumps([key_entry("browser", USER_KEY)])
     settings = {"auth": {"enabled": True, "keys": keys}}
     async with running_stack(
-        tiny_pack, own_redis.url, tmp_path / "stack", controller=settings
+        tiny_pack, own_redis.url, tmp_path / "stack", controller=settings, tts=ALWAYS_AUDIO
     ) as s:
         yield s
 
