@@ -90,11 +90,7 @@ async def test_voice_turn_through_fake_microphone(
     async with chromium as browser:
         page = await browser.new_page(stack.url)
         await page.click("#connect")  # the buttons, clicked like a user would
-        await page.click("#mic")
-        await wait_or_explain(browser, page, "window.__stats.responsesDone > 0", REPLY_TIMEOUT_S)
-        # the transcript of the user's turn is produced off the critical path: allow a moment
-        await wait_or_explain(browser, page, "window.__stats.transcripts.length > 0", 15)
-        result = await stats(page)
+        result = await speak_a_turn(browser, page)
         reply_text = await page.evaluate("document.querySelector('#log .assistant').textContent")
         user_text = await page.evaluate("document.querySelector('#log .user .text').textContent")
         latency = await page.evaluate("document.getElementById('latency').textContent")
@@ -195,6 +191,15 @@ async def test_push_to_talk(stack: Stack, chromium_binary: str, tmp_path: Path) 
     assert frames_after == result["framesSent"]
 
 
+async def speak_a_turn(browser: Browser, page: Page) -> dict[str, Any]:
+    """The microphone button, then one answered turn and its transcript; the page's stats."""
+    await page.click("#mic")
+    await wait_or_explain(browser, page, "window.__stats.responsesDone > 0", REPLY_TIMEOUT_S)
+    # the transcript of the user's turn is produced off the critical path: allow a moment
+    await wait_or_explain(browser, page, "window.__stats.transcripts.length > 0", 15)
+    return await stats(page)
+
+
 # -- auth on -------------------------------------------------------------------------------
 
 USER_KEY = new_api_key()
@@ -275,10 +280,7 @@ async def test_an_api_key_typed_in_mints_a_client_secret_for_a_spoken_exchange(
         await page.fill("#api-key", USER_KEY)
         await page.click("#connect")
         await wait_or_explain(browser, page, "window.__stats.connected", 15)
-        await page.click("#mic")
-        await wait_or_explain(browser, page, "window.__stats.responsesDone > 0", REPLY_TIMEOUT_S)
-        await wait_or_explain(browser, page, "window.__stats.transcripts.length > 0", 15)
-        result = await stats(page)
+        result = await speak_a_turn(browser, page)
         shown = await page.evaluate("document.getElementById('auth-status').textContent")
         voices = await page.evaluate("[...document.getElementById('voice').options].length")
         voice_note_hidden = await page.evaluate("document.getElementById('voice-note').hidden")

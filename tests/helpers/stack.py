@@ -33,6 +33,7 @@ from services.tts.server import TtsService
 from services.vad.config import VadSettings
 from services.vad.server import VadService
 from tests.helpers.grpc import TEST_SERVER_SETTINGS
+from tests.helpers.waits import eventually
 
 
 def free_port() -> int:
@@ -126,3 +127,16 @@ async def running_stack(
         finally:
             server.should_exit = True
             await task
+
+
+async def engines_idle(stack: Stack, why: str) -> None:
+    """Wait until neither the Chat LLM nor the TTS LM has a request running (cancellation
+    reaches each service only after its own hop)."""
+    await eventually(
+        lambda: stack.services["llm"].engine.engine.num_running == 0,
+        what=f"no LLM request left running ({why})",
+    )
+    await eventually(
+        lambda: stack.services["tts"].engine.models.lm.engine.num_running == 0,
+        what=f"no TTS LM request left running ({why})",
+    )

@@ -17,7 +17,7 @@ from services.common.audio import decode_audio_file
 from services.controller.store import SessionStore, create_redis
 from services.models.tiny import ASSETS
 from tests.helpers.redis import RedisServer
-from tests.helpers.stack import Stack, running_stack
+from tests.helpers.stack import Stack, engines_idle, running_stack
 from tests.helpers.waits import eventually, value_when
 
 pytestmark = pytest.mark.integration
@@ -268,14 +268,7 @@ async def test_disconnect_mid_reply_frees_tasks_and_keeps_context(
             what="the interrupted reply stored",
         )
         assert [t.role for t in turns] == ["user", "assistant"] and turns[1].interrupted
-        await eventually(
-            lambda: stack.services["llm"].engine.engine.num_running == 0,
-            what="the LLM request aborted",
-        )
-        await eventually(
-            lambda: stack.services["tts"].engine.models.lm.engine.num_running == 0,
-            what="the TTS LM request aborted",
-        )
+        await engines_idle(stack, "the client left mid-reply")
 
 
 async def test_redis_outage_keeps_live_sessions_and_refuses_new_ones(

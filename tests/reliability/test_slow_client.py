@@ -24,7 +24,7 @@ import websockets
 
 from services.cli.realtime_client import RealtimeClient
 from tests.helpers.redis import RedisServer
-from tests.helpers.stack import Stack, running_stack
+from tests.helpers.stack import Stack, engines_idle, running_stack
 from tests.helpers.waits import eventually
 from tests.reliability.conftest import TEXT_SESSION, ask, stored_turns
 
@@ -128,14 +128,7 @@ async def test_11_a_client_that_never_reads_again_is_cut_off_and_others_go_on(
         done = (await other_done)["response"]
         assert done["status"] == "completed" and other.result.pcm.size > 0
         assert other.result.of_type("error") == []
-        await eventually(
-            lambda: stack.services["llm"].engine.engine.num_running == 0,
-            what="no LLM request left running",
-        )
-        await eventually(
-            lambda: stack.services["tts"].engine.models.lm.engine.num_running == 0,
-            what="no TTS LM request left running",
-        )
+        await engines_idle(stack, "the slow consumer's turn")
     assert stack.metric("controller", ERRORS, code="slow_consumer") == 1  # the stalled one only
 
     turns = await stored_turns(redis_server.url, slow_id)
