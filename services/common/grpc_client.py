@@ -53,6 +53,7 @@ def channel_options(
         ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_reconnect_backoff_ms", settings.max_reconnect_backoff_ms),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(retry_methods)),
     ]

@@ -90,6 +90,13 @@ class GrpcClientSettings(BaseModel):
     keepalive_timeout_ms: int = Field(
         5_000, ge=500, le=600_000, description="Wait for a ping ack before closing (ms)."
     )
+    max_reconnect_backoff_ms: int = Field(
+        5_000,
+        ge=100,
+        le=120_000,
+        description="Longest wait between reconnect attempts to a service that is down (ms; "
+        "gRPC's default is 120 s, which would keep a restarted service unused for minutes).",
+    )
     tls: ClientTlsSettings = Field(default_factory=ClientTlsSettings, description="TLS.")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry import trace
@@ -19,6 +19,8 @@ from services.common.grpc_client import check_health, create_channel
 from services.common.settings import GrpcClientSettings
 from services.controller.config import ControllerSettings
 
+SERVING_POLL_S = 0.2  # health poll while a service is down (one per service, shared)
+
 
 @dataclass
 class ServiceClients:
@@ -28,6 +30,7 @@ class ServiceClients:
     llm: llm_pb2_grpc.LlmServiceAsyncStub
     tts: tts_pb2_grpc.TtsServiceAsyncStub
     e2e_llm: llm_pb2_grpc.LlmServiceAsyncStub | None
+    _serving_polls: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
     def connect(
@@ -64,5 +67,24 @@ class ServiceClients:
         )
         return dict(zip(names, results, strict=True))
 
+    async def until_serving(self, name: str) -> None:
+        """Return once service ``name`` answers SERVING (at once when it does). Callers share
+        one health poll per service: every session waiting out an outage reopens its stream
+        as soon as the service is back, and the service sees one health check per poll."""
+        poll = self._serving_polls.get(name)
+        if poll is None or poll.done():
+            poll = asyncio.create_task(self._poll_until_serving(name), name=f"serving-{name}")
+            self._serving_polls[name] = poll
+        await asyncio.shield(poll)  # a caller that gives up leaves the poll to the others
+
+    async def _poll_until_serving(self, name: str) -> None:
+        while True:  # a remote state: nothing to await but the next health check
+            if await check_health(self.channels[name], "", timeout_s=1.0):
+                return
+            await asyncio.sleep(SERVING_POLL_S)
+
     async def close(self) -> None:
+        for poll in self._serving_polls.values():
+            poll.cancel()
+        await asyncio.gather(*self._serving_polls.values(), return_exceptions=True)
         await asyncio.gather(*(channel.close() for channel in self.channels.values()))

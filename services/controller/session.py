@@ -525,7 +525,10 @@ class RealtimeSession:
                     reported = True
                     message = f"voice activity detection unavailable ({exc.code().name}); retrying"
                     await self.send(error_event(code, message))
+            # backoff: a service that is SERVING yet fails the call; a restarting one is
+            # waited for by health, so turn detection resumes the moment it is back
             await asyncio.sleep(backoff)
+            await self.state.clients.until_serving("vad")
             backoff = min(backoff * 2, VAD_RETRY_MAX_S)
 
     async def _handle_vad_event(self, event: vad_pb2.SpeechEvent) -> None:
