@@ -42,6 +42,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DEFAULT_REPLY_SEED = 7
+
+
 @dataclass
 class Stack:
     url: str
@@ -104,6 +107,9 @@ async def running_stack(
             targets[name] = await route(name, handle.address) if route else handle.address
         # the suite's stack runs with auth off unless a test configures it (tests/reliability)
         overrides = {"auth": {"enabled": False}, **(controller or {})}
+        # replies are seeded unless a test sets its own seed: the tiny random Chat LM sometimes
+        # ends a reply before its first word, and a test waiting for reply audio then flakes
+        overrides["turn"] = {"seed": DEFAULT_REPLY_SEED, **overrides.get("turn", {})}
         settings = ControllerSettings(
             host="127.0.0.1",
             port=free_port(),
