@@ -10,9 +10,10 @@ frames at real time from a seeded start offset, each feed awaited before the nex
 a third of it, so a point that keeps up with S talkers serves ≈ 3 S sessions).
 
 Per point: ``lag`` (a feed's completion after its frame was due; a tokenizer that keeps up
-stays near one round — one vq06 window at most, every 0.48 s of speech), ``tail`` (end of speech → the final ids, which the controller's commit
-waits for), rounds run, and whether it kept up: lag p95 ≤ ``--max-lag-ms`` and every stream's
-ids equal those of the same audio tokenised alone (batching must not change codes).
+stays near one round — one vq06 window at most, every 0.48 s of speech), ``tail`` (end of
+speech → the final ids, which the controller's commit waits for), rounds run, and whether it
+kept up: lag p95 ≤ ``--max-lag-ms`` and every stream's ids equal those of the same audio
+tokenised alone (batching must not change codes).
 """
 
 from __future__ import annotations
