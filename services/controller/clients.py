@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 import grpc
@@ -15,7 +16,7 @@ from stepaudio.serving.v1 import (
 )
 
 from services.common import tracing
-from services.common.grpc_client import check_health, create_channel
+from services.common.grpc_client import check_health, create_channel, wait_until_serving
 from services.common.settings import GrpcClientSettings
 from services.controller.config import ControllerSettings
 
@@ -78,10 +79,7 @@ class ServiceClients:
         await asyncio.shield(poll)  # a caller that gives up leaves the poll to the others
 
     async def _poll_until_serving(self, name: str) -> None:
-        while True:  # a remote state: nothing to await but the next health check
-            if await check_health(self.channels[name], "", timeout_s=1.0):
-                return
-            await asyncio.sleep(SERVING_POLL_S)
+        await wait_until_serving(self.channels[name], timeout_s=math.inf, poll_s=SERVING_POLL_S)
 
     async def close(self) -> None:
         for poll in self._serving_polls.values():
